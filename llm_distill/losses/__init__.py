@@ -1,0 +1,14 @@
+"""Pure tensor losses: no model, tokenizer or trainer in here."""
+
+from .divergences import DIVERGENCE_KINDS, divergence, divergence_from_logprobs, hard_ce, reduce_tokens
+from .sparse import SparseTargets, sparse_divergence
+
+__all__ = [
+    "DIVERGENCE_KINDS",
+    "SparseTargets",
+    "divergence",
+    "divergence_from_logprobs",
+    "hard_ce",
+    "reduce_tokens",
+    "sparse_divergence",
+]
