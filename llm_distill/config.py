@@ -1,0 +1,139 @@
+"""DistillationConfig: every distillation knob, on top of transformers.TrainingArguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from .losses.divergences import DIVERGENCE_KINDS
+
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification")
+HIDDEN_LOSSES = ("mse", "cosine")
+ATTENTION_LOSSES = ("kl", "mse")
+LOSS_WEIGHTS = ("kd_weight", "ce_weight", "hidden_weight", "attention_weight")
+
+
+def _choice_error(name: str, value, accepted) -> ValueError:
+    return ValueError(f"{name}={value!r} is not accepted; expected one of: {', '.join(map(str, accepted))}")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    """Training arguments for :class:`~llm_distill.DistillationTrainer`.
+
+    All of ``TrainingArguments`` plus the teacher, the loss terms and their weights. The total loss is
+    ``kd_weight * KD + ce_weight * CE + hidden_weight * hidden + attention_weight * attention``, each term
+    normalised by the number of tokens it counts over the whole gradient-accumulation window and all processes.
+    """
+
+    # --- teacher -------------------------------------------------------------------------------------------
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local folder of the teacher (ignored when a model is passed to the trainer)."},
+    )
+    teacher_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Dtype the teacher is loaded in: auto (its checkpoint's dtype), float32, bfloat16 or float16. "
+            "Losses are always computed in float32."
+        },
+    )
+    teacher_logits_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of precomputed teacher logits (`llm-distill cache-logits`); replaces a live teacher."
+        },
+    )
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "What is distilled: causal_lm (shifted token KD), masked_lm (masked positions), "
+            "sequence_classification (class logits); auto infers it from the student's class."
+        },
+    )
+    # --- logit distillation ----------------------------------------------------------------------------------
+    kd_loss: str = field(
+        default="forward_kl",
+        metadata={"help": f"Divergence between teacher and student distributions: {', '.join(DIVERGENCE_KINDS)}."},
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature T applied to both teacher and student logits (> 0)."}
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "Mixing coefficient in [0, 1] for jsd (0 = forward KL, 1 = reverse KL, as in TRL's GKD) and "
+            "the skew coefficient for skew_kl / skew_rkl."
+        },
+    )
+    scale_by_t2: bool = field(
+        default=True, metadata={"help": "Multiply the KD term by T^2 (Hinton et al.) so its gradient scale does not "
+                                "shrink as T grows."}
+    )
+    kd_weight: float = field(default=1.0, metadata={"help": "Weight of the logit distillation term (>= 0)."})
+    ce_weight: float = field(default=0.0, metadata={"help": "Weight of the hard-label cross-entropy term (>= 0)."})
+    # --- feature distillation --------------------------------------------------------------------------------
+    hidden_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the hidden-state loss between mapped layers (>= 0)."}
+    )
+    attention_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the attention-map loss between mapped layers (>= 0)."}
+    )
+    layer_map: str | list = field(
+        default="uniform",
+        metadata={
+            "help": "Student-to-teacher layer pairs for hidden/attention losses: uniform, last, or an explicit "
+            "list [[student, teacher], ...] (0 = embedding output)."
+        },
+    )
+    hidden_loss: str = field(default="mse", metadata={"help": f"Hidden-state loss: {', '.join(HIDDEN_LOSSES)}."})
+    attention_loss: str = field(
+        default="kl", metadata={"help": f"Attention-map loss: {', '.join(ATTENTION_LOSSES)} (kl is MiniLM-style)."}
+    )
+    # --- performance -----------------------------------------------------------------------------------------
+    loss_chunk_size: int = field(
+        default=0,
+        metadata={
+            "help": "Tokens per chunk for the fused lm_head + divergence (causal LMs); 0 turns it off and "
+            "materialises full logits."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.kd_loss not in DIVERGENCE_KINDS:
+            raise _choice_error("kd_loss", self.kd_loss, DIVERGENCE_KINDS)
+        if self.teacher_dtype not in TEACHER_DTYPES:
+            raise _choice_error("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
+        if self.task not in TASKS:
+            raise _choice_error("task", self.task, TASKS)
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise _choice_error("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
+        if self.attention_loss not in ATTENTION_LOSSES:
+            raise _choice_error("attention_loss", self.attention_loss, ATTENTION_LOSSES)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} is not accepted; it must be > 0 (1.0 = no softening)")
+        if not 0.0 <= self.jsd_beta <= 1.0:
+            raise ValueError(f"jsd_beta={self.jsd_beta} is not accepted; it must lie in [0, 1]")
+        for name in LOSS_WEIGHTS:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} is not accepted; loss weights must be >= 0")
+        if all(getattr(self, name) == 0 for name in LOSS_WEIGHTS):
+            raise ValueError(
+                f"all loss weights are 0 ({', '.join(f'{n}=0' for n in LOSS_WEIGHTS)}); set at least one > 0, "
+                "e.g. kd_weight=1.0"
+            )
+        if self.loss_chunk_size < 0:
+            raise ValueError(f"loss_chunk_size={self.loss_chunk_size} is not accepted; use 0 (off) or a token count")
+        if self.teacher_logits_path and (self.hidden_weight > 0 or self.attention_weight > 0):
+            raise ValueError(
+                f"teacher_logits_path={self.teacher_logits_path!r} stores logits only, but hidden_weight="
+                f"{self.hidden_weight} / attention_weight={self.attention_weight} need a live teacher's features; "
+                "set both to 0 or use teacher_model_name_or_path"
+            )
+
+    @property
+    def uses_features(self) -> bool:
+        return self.hidden_weight > 0 or self.attention_weight > 0

@@ -1,0 +1,60 @@
+"""Plain supervised fine-tuning with the same recipes and data: teachers to distil from, and no-teacher baselines.
+
+Uses `transformers.Trainer` with the model's own cross-entropy; a recipe for it has the `dataset` and `student`
+blocks (the model to fine-tune) and TrainingArguments keys. Distillation-only keys are accepted but unused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def accuracy_metrics(eval_pred) -> dict:
+    logits, labels = eval_pred
+    predictions = logits.argmax(-1)
+    return {"accuracy": float((predictions == labels).mean())}
+
+
+def run_finetune(recipe, build_student) -> dict:
+    """Fine-tune ``recipe.student`` on ``recipe.dataset``; returns the final evaluation metrics."""
+    from transformers import AutoTokenizer
+
+    from .data import DataConfig, DistillationCollator, build_datasets
+
+    args = recipe.training_args()
+    data_cfg = DataConfig.from_dict(recipe.dataset)
+    task = "sequence_classification" if data_cfg.task == "classification" else "causal_lm"
+    args.task = task
+    source = recipe.student.get("model_name_or_path") or args.teacher_model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    teacher = None
+    if recipe.student.get("from_teacher") is not None:
+        from .tasks import load_model
+
+        teacher = load_model(args.teacher_model_name_or_path, task)
+    model = build_student(recipe, args, task, teacher)
+    with args.main_process_first(desc="tokenize"):
+        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
+    train_ds = train_ds.remove_columns("sample_id")
+    eval_ds = eval_ds.remove_columns("sample_id") if eval_ds is not None else None
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        data_collator=DistillationCollator(tokenizer),
+        compute_metrics=accuracy_metrics if task == "sequence_classification" else None,
+    )
+    resume = args.resume_from_checkpoint
+    if resume is None and os.path.isdir(args.output_dir):
+        resume = get_last_checkpoint(args.output_dir)
+    trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(args.output_dir)
+    metrics = trainer.evaluate() if eval_ds is not None else {}
+    if metrics:
+        trainer.save_metrics("eval", metrics)
+    trainer.save_state()
+    return metrics

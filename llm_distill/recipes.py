@@ -1,0 +1,129 @@
+"""YAML recipes: top-level keys are DistillationConfig fields; `teacher`, `student`, `dataset`, `cache` are blocks.
+
+A recipe is read, CLI overrides (``--key value`` or ``--block.key value``) are applied on top, and every key is
+checked against the real schema so a typo fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .config import DistillationConfig
+
+BLOCKS = ("teacher", "student", "dataset", "cache")
+TEACHER_KEYS = {"model_name_or_path": "teacher_model_name_or_path", "dtype": "teacher_dtype",
+                "logits_path": "teacher_logits_path"}
+STUDENT_KEYS = ("model_name_or_path", "from_teacher", "config_overrides", "num_labels", "dtype", "peft",
+                "attn_implementation")
+
+
+def reject_unknown_keys(values: dict, known, *, where: str) -> None:
+    known = list(known)
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ValueError(f"unknown key {key!r} in {where}{hint}")
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in fields(DistillationConfig) if f.init]
+
+
+@dataclass
+class Recipe:
+    config: dict
+    student: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+    source: str | None = None
+
+    def training_args(self) -> DistillationConfig:
+        return DistillationConfig(**self.config)
+
+
+FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(value):
+    """YAML 1.1 reads `1e-4` (no dot) as a string; every user means the number."""
+    if isinstance(value, str) and FLOAT.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
+def _parse_value(text: str):
+    # YAML typing for CLI values: 3 -> int, 1e-4 -> float, true -> bool, [1, 2] -> list, anything else -> str.
+    value = _numbers(yaml.safe_load(text))
+    if isinstance(value, str) and value.lower() in ("none", "null"):
+        return None
+    return value
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """``['--lr', '1e-4', '--dataset.max_length=128']`` -> ``{'lr': 1e-4, 'dataset': {'max_length': 128}}``."""
+    out: dict = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"expected --key value, got {arg!r}")
+        key, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                value = "true"  # a bare flag
+            else:
+                i += 1
+                value = argv[i]
+        key = key.replace("-", "_")
+        target = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = _parse_value(value)
+        i += 1
+    return out
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for k, v in override.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    raw: dict = {}
+    if path is not None:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"recipe {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    raw = _merge(_numbers(raw), parse_overrides(overrides or []))
+    reject_unknown_keys(raw, config_field_names() + list(BLOCKS), where=f"recipe {path or '(command line)'}")
+
+    config = {k: v for k, v in raw.items() if k not in BLOCKS}
+    teacher = raw.get("teacher") or {}
+    reject_unknown_keys(teacher, TEACHER_KEYS, where="teacher")
+    for key, field_name in TEACHER_KEYS.items():
+        if key in teacher:
+            if field_name in config:
+                raise ValueError(f"teacher.{key} and {field_name} are both set; keep one")
+            config[field_name] = teacher[key]
+    student = raw.get("student") or {}
+    reject_unknown_keys(student, STUDENT_KEYS, where="student")
+    dataset = raw.get("dataset") or {}
+    from .data import DataConfig
+
+    reject_unknown_keys(dataset, [f.name for f in fields(DataConfig)], where="dataset")
+    return Recipe(config=config, student=student, dataset=dataset, cache=raw.get("cache") or {},
+                  source=str(path) if path else None)

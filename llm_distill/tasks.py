@@ -1,0 +1,71 @@
+"""What counts as a distillation target for each kind of student, and how models of each kind are loaded.
+
+The mask and aligned labels returned here are the single definition of "a counted token"; the trainer, the
+gradient-accumulation token counts and the logit store all use them, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+AUTO_CLASSES = {
+    "causal_lm": AutoModelForCausalLM,
+    "masked_lm": AutoModelForMaskedLM,
+    "sequence_classification": AutoModelForSequenceClassification,
+}
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def infer_task(model) -> str:
+    """Task of a (possibly peft-wrapped) model, from its class name."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    for suffix, task in (("ForCausalLM", "causal_lm"), ("LMHeadModel", "causal_lm"), ("ForMaskedLM", "masked_lm"),
+                         ("ForSequenceClassification", "sequence_classification")):
+        if name.endswith(suffix):
+            return task
+    raise ValueError(
+        f"cannot infer the distillation task from the student class {name}; set task to one of "
+        f"{', '.join(AUTO_CLASSES)}"
+    )
+
+
+def load_model(name_or_path: str, task: str, *, dtype: str = "auto", **kwargs):
+    """Load a model of the task's Auto class from a hub id or a folder."""
+    if task not in AUTO_CLASSES:
+        raise ValueError(f"task={task!r} is not accepted; expected one of {', '.join(AUTO_CLASSES)}")
+    return AUTO_CLASSES[task].from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
+
+
+def targets(batch: dict, task: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Counted-position mask and labels, both aligned with the student's logits.
+
+    Returns ``(mask, labels)``: for token tasks ``(B, S)`` each (causal LMs: position t is counted when token t+1
+    is a real, labelled token, and ``labels[:, t]`` holds token t+1 — the shift of the CE loss); for sequence
+    classification ``(B,)``. ``labels`` is None when the batch has none (pure distillation).
+    """
+    labels = batch.get("labels")
+    attention = batch.get("attention_mask")
+    if task == "sequence_classification":
+        n = batch["input_ids"].shape[0]
+        if labels is None:
+            return torch.ones(n, dtype=torch.bool, device=batch["input_ids"].device), None
+        return labels != -100, labels
+    if labels is None:
+        labels = batch["input_ids"] if attention is None else batch["input_ids"].masked_fill(attention == 0, -100)
+    if task == "causal_lm":
+        pad = torch.full_like(labels[:, :1], -100)
+        labels = torch.cat([labels[:, 1:], pad], dim=1)
+        if attention is not None:
+            attention = torch.cat([attention[:, 1:], torch.zeros_like(attention[:, :1])], dim=1)
+    if attention is not None:
+        labels = labels.masked_fill(attention == 0, -100)
+    return labels != -100, labels
+
+
+def real_token_mask(batch: dict) -> torch.Tensor:
+    """``(B, S)`` True at non-padding positions (what hidden-state and attention losses count)."""
+    if batch.get("attention_mask") is not None:
+        return batch["attention_mask"].bool()
+    return torch.ones_like(batch["input_ids"], dtype=torch.bool)

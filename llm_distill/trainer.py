@@ -1,0 +1,223 @@
+"""DistillationTrainer: transformers.Trainer with a teacher and a sum of weighted distillation terms."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+
+from . import __version__
+from .compat import check_tokenizers, shared_vocab_size
+from .config import DistillationConfig
+from .data import DistillationCollator
+from .losses import divergence, hard_ce, sparse_divergence
+from .model_card import write_model_card
+from .tasks import infer_task, load_model, real_token_mask, targets
+from .teacher import LiveTeacher, TeacherOutputs, model_inputs
+
+METADATA_NAME = "distillation.json"
+# Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
+SUM_KEYS = ("kd", "ce", "agree", "tokens")
+
+
+class DistillationTrainer(Trainer):
+    """Train a student against a frozen teacher.
+
+    ``loss = kd_weight * KD + ce_weight * CE``, where each term is a sum over counted tokens divided by the number
+    of counted tokens in the whole gradient-accumulation window on all processes, so that batch 8 x accumulation 1
+    and batch 4 x accumulation 2 (or 2 processes x batch 4) produce the same update.
+    """
+
+    # compute_loss divides by the window's token count itself; Trainer must not divide by the number of steps.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | str | None = None,
+        teacher_model: PreTrainedModel | nn.Module | str | None = None,
+        args: DistillationConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        teacher_processing_class=None,
+        **kwargs,
+    ):
+        if args is None:
+            raise ValueError("args is required: pass a DistillationConfig(output_dir=..., ...)")
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}")
+        if isinstance(model, str):
+            if args.task == "auto":
+                raise ValueError(f"model={model!r} is a name; set task so the right Auto class loads it")
+            model = load_model(model, args.task)
+        self.task = args.task if args.task != "auto" else infer_task(model)
+        self.teacher = self._build_teacher(teacher_model, args, model)
+        if data_collator is None and processing_class is not None and hasattr(processing_class, "pad_token_id"):
+            data_collator = DistillationCollator(processing_class)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        check_tokenizers(teacher_processing_class, processing_class)
+        self.kd_vocab_size = self._shared_vocab_size(processing_class)
+        self._place_teacher()
+        self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
+
+    # ---- setup ------------------------------------------------------------------------------------------------
+
+    def _build_teacher(self, teacher_model, args: DistillationConfig, student):
+        if teacher_model is None and args.teacher_model_name_or_path is None:
+            raise ValueError("no teacher: pass teacher_model=... or set teacher_model_name_or_path")
+        if teacher_model is None or isinstance(teacher_model, str):
+            name = teacher_model or args.teacher_model_name_or_path
+            kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
+            teacher_model = load_model(name, self.task, dtype=args.teacher_dtype, **kwargs)
+        return LiveTeacher(teacher_model)
+
+    def _shared_vocab_size(self, tokenizer) -> int | None:
+        student = self.accelerator.unwrap_model(self.model)
+        student_config = getattr(student, "config", None)
+        return shared_vocab_size(self.teacher.config, student_config, tokenizer, self.task)
+
+    def _place_teacher(self) -> None:
+        # DDP / single device: every process holds a full frozen replica; no wrapper, no gradient sync needed.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            from .distributed import prepare_teacher
+
+            self.teacher.model = prepare_teacher(self.teacher.model, self.accelerator)
+        elif not getattr(self.teacher.model, "hf_device_map", None):
+            self.teacher.model.to(self.args.device)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        # Cached-teacher lookups need the sample id; the student never sees it.
+        for column in ("sample_id", "labels"):
+            if column not in self._signature_columns:
+                self._signature_columns.append(column)
+
+    # ---- loss -------------------------------------------------------------------------------------------------
+
+    def _count(self, batch: dict) -> torch.Tensor:
+        mask, _ = targets(batch, self.task)
+        return torch.stack([mask.sum(), real_token_mask(batch).sum()])
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict | None:
+        """Counted tokens of the whole accumulation window, summed over processes.
+
+        Returned as a dict (Trainer only passes it through to ``compute_loss``): the KD/CE terms count labelled
+        target positions, feature terms count real tokens.
+        """
+        if not batch_samples:
+            return None
+        counts = sum(self._count(b) for b in batch_samples).to(device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.gather(counts).view(-1, 2).sum(0)
+        return {"kd_tokens": counts[0], "real_tokens": counts[1]}
+
+    def _teacher_targets(self, inputs: dict) -> TeacherOutputs:
+        return self.teacher(inputs)
+
+    def _vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits if self.kd_vocab_size is None else logits[..., : self.kd_vocab_size]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        args: DistillationConfig = self.args
+        mode = "train" if model.training else "eval"
+        mask, labels = targets(inputs, self.task)
+        student_out = model(**model_inputs(inputs), return_dict=True)
+        teacher_out = self._teacher_targets(inputs)
+        student_logits = self._vocab(student_out.logits)
+
+        kd_args = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, mask=mask,
+                       reduction="sum", scale_by_t2=args.scale_by_t2)
+        if teacher_out.sparse is not None:
+            kd_sum = sparse_divergence(student_logits, teacher_out.sparse, **kd_args)
+            teacher_top1 = teacher_out.sparse.ids.gather(-1, teacher_out.sparse.logprobs.argmax(-1, keepdim=True))
+            teacher_top1 = teacher_top1.squeeze(-1)
+        else:
+            teacher_logits = self._vocab(teacher_out.logits)
+            kd_sum = divergence(student_logits, teacher_logits, **kd_args)
+            teacher_top1 = teacher_logits.argmax(-1)
+        if labels is not None and (args.ce_weight > 0 or mode == "eval"):
+            ce_sum = hard_ce(student_logits, labels, reduction="sum")
+        else:
+            ce_sum = kd_sum.new_zeros(())
+        if args.ce_weight > 0 and labels is None:
+            raise ValueError("ce_weight > 0 but the batch has no labels; set ce_weight=0 for label-free data")
+
+        local_tokens = mask.sum()
+        if mode == "train" and isinstance(num_items_in_batch, dict):
+            denominator = num_items_in_batch["kd_tokens"]
+            # DDP/FSDP/DeepSpeed average gradients over processes; the window count already spans all of them.
+            scale = self.accelerator.num_processes
+        else:
+            denominator, scale = local_tokens, 1
+        loss = (args.kd_weight * kd_sum + args.ce_weight * ce_sum) * scale / denominator.clamp(min=1)
+
+        with torch.no_grad():
+            agree = ((student_logits.argmax(-1) == teacher_top1) & mask).sum()
+            for key, value in zip(SUM_KEYS, (kd_sum, ce_sum, agree, local_tokens)):
+                self._metrics[mode][key] += value.detach().float()
+        return (loss, student_out) if return_outputs else loss
+
+    # ---- logging ----------------------------------------------------------------------------------------------
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        sums = self._metrics[mode]
+        if sums:
+            totals = torch.stack([torch.as_tensor(sums[k], device=self.args.device).float() for k in SUM_KEYS])
+            if self.args.world_size > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            kd, ce, agree, tokens = totals.tolist()
+            tokens = max(tokens, 1.0)
+            prefix = "eval_" if mode == "eval" else ""
+            logs[f"{prefix}kd_loss"] = kd / tokens
+            if mode == "eval" or self.args.ce_weight > 0:
+                logs[f"{prefix}ce_loss"] = ce / tokens
+                if self.task == "causal_lm" and mode == "eval":
+                    logs["eval_perplexity"] = math.exp(min(ce / tokens, 50.0))
+            logs[f"{prefix}agreement"] = agree / tokens
+            self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ---- saving -----------------------------------------------------------------------------------------------
+
+    def distillation_metadata(self) -> dict:
+        args: DistillationConfig = self.args
+        teacher_id = args.teacher_model_name_or_path or getattr(self.teacher.config, "_name_or_path", None)
+        return {
+            "llm_distill_version": __version__,
+            "task": self.task,
+            "teacher": teacher_id,
+            "teacher_logits_path": args.teacher_logits_path,
+            "kd_loss": args.kd_loss,
+            "temperature": args.temperature,
+            "jsd_beta": args.jsd_beta,
+            "scale_by_t2": args.scale_by_t2,
+            "weights": {"kd": args.kd_weight, "ce": args.ce_weight, "hidden": args.hidden_weight,
+                        "attention": args.attention_weight},
+            "layer_map": args.layer_map if args.uses_features else None,
+            "kd_vocab_size": self.kd_vocab_size,
+        }
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # The student only: the teacher is not an attribute Trainer saves, so no teacher weights land here.
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            meta = self.distillation_metadata()
+            with open(os.path.join(output_dir, METADATA_NAME), "w") as fh:
+                json.dump(meta, fh, indent=2)
+            write_model_card(output_dir, meta, self.state.log_history)

@@ -1,0 +1,82 @@
+"""Config validation and recipe parsing: bad values fail at construction, naming field, value and fix."""
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from llm_distill import DistillationConfig
+from llm_distill.cli import main
+from llm_distill.data import DataConfig
+from llm_distill.recipes import load_recipe, parse_overrides
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+RECIPES = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"temperature": -1.0}, "temperature=-1.0"),
+        ({"jsd_beta": 1.5}, "jsd_beta=1.5"),
+        ({"kd_loss": "kl_div"}, "kd_loss='kl_div'.*forward_kl"),
+        ({"kd_weight": 0.0, "ce_weight": 0.0}, "all loss weights are 0"),
+        ({"ce_weight": -0.1}, "ce_weight=-0.1"),
+        ({"teacher_dtype": "fp8"}, "teacher_dtype='fp8'"),
+        ({"task": "seq2seq"}, "task='seq2seq'"),
+        ({"teacher_logits_path": "store", "hidden_weight": 1.0}, "teacher_logits_path"),
+    ],
+)
+def test_impossible_config_values_fail_at_construction(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DistillationConfig(output_dir=str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=os.path.basename)
+def test_every_shipped_recipe_parses_against_the_real_schema(path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with open(path) as fh:
+        first = fh.readline()
+    assert first.startswith("#"), "a recipe starts with a comment giving the command that runs it"
+    assert "llm-distill" in open(path).read().split("\n\n")[0] or "accelerate launch" in open(path).read()
+    recipe = load_recipe(path)
+    args = recipe.training_args()
+    assert isinstance(args, DistillationConfig)
+    DataConfig.from_dict(recipe.dataset)
+    assert main(["check", path]) == 0
+
+
+def test_unknown_keys_are_rejected_with_a_suggestion(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"output_dir": "x", "temprature": 2.0}))
+    with pytest.raises(ValueError, match="unknown key 'temprature'.*did you mean 'temperature'"):
+        load_recipe(bad)
+    bad.write_text(yaml.safe_dump({"output_dir": "x", "dataset": {"path": "a.txt", "max_len": 3}}))
+    with pytest.raises(ValueError, match="'max_len' in dataset.*max_length"):
+        load_recipe(bad)
+    bad.write_text(yaml.safe_dump({"output_dir": "x", "student": {"from_teacher": {}, "lora": {}}}))
+    with pytest.raises(ValueError, match="'lora' in student"):
+        load_recipe(bad)
+
+
+def test_cli_overrides_win_over_yaml(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"output_dir": "x", "temperature": 1.0, "dataset": {"path": "a.txt"}}))
+    loaded = load_recipe(recipe, ["--temperature", "3", "--dataset.max_length=64", "--kd_loss", "jsd"])
+    args = loaded.training_args()
+    assert args.temperature == 3.0 and args.kd_loss == "jsd"
+    assert loaded.dataset == {"path": "a.txt", "max_length": 64}
+
+
+def test_override_parsing_types():
+    parsed = parse_overrides(["--a", "1", "--b=1e-4", "--c", "true", "--d", "none", "--e", "[[1, 2]]", "--f"])
+    assert parsed == {"a": 1, "b": 1e-4, "c": True, "d": None, "e": [[1, 2]], "f": True}
+
+
+def test_teacher_block_maps_to_config_fields(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"output_dir": "x", "teacher": {"model_name_or_path": "t", "dtype": "bfloat16"}}))
+    args = load_recipe(recipe).training_args()
+    assert args.teacher_model_name_or_path == "t" and args.teacher_dtype == "bfloat16"
