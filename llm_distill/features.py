@@ -75,13 +75,17 @@ class FeatureDistiller(nn.Module):
         if hidden_map is None and attention_map is None:
             raise ValueError("FeatureDistiller needs hidden_map or attention_map (or both); both are None")
         if hidden_loss not in HIDDEN_LOSS_KINDS:
-            raise ValueError(f"hidden_loss={hidden_loss!r} is not known; expected one of {', '.join(HIDDEN_LOSS_KINDS)}")
+            raise ValueError(
+                f"hidden_loss={hidden_loss!r} is not known; expected one of {', '.join(HIDDEN_LOSS_KINDS)}"
+            )
         if attention_loss not in ATTENTION_LOSS_KINDS:
             raise ValueError(
                 f"attention_loss={attention_loss!r} is not known; expected one of {', '.join(ATTENTION_LOSS_KINDS)}"
             )
         if attention_heads not in HEAD_MODES:
-            raise ValueError(f"attention_heads={attention_heads!r} is not known; expected one of {', '.join(HEAD_MODES)}")
+            raise ValueError(
+                f"attention_heads={attention_heads!r} is not known; expected one of {', '.join(HEAD_MODES)}"
+            )
         self.num_student_layers = num_student_layers
         self.num_teacher_layers = num_teacher_layers
         self.hidden_loss = hidden_loss
@@ -89,7 +93,9 @@ class FeatureDistiller(nn.Module):
         self.attention_heads = attention_heads
         m, n = num_student_layers, num_teacher_layers
         self.hidden_pairs: list[tuple[int, int]] = (
-            [] if hidden_map is None else resolve_layer_map(hidden_map, m, n, include_embeddings=True, strict=strict_map)
+            []
+            if hidden_map is None
+            else resolve_layer_map(hidden_map, m, n, include_embeddings=True, strict=strict_map)
         )
         self.attention_pairs: list[tuple[int, int]] = (
             []
@@ -221,7 +227,9 @@ class FeatureDistiller(nn.Module):
                 student = self._student_layer(student_hidden_states, s_layer, "hidden", offset=0)
                 teacher = self._teacher_layer(teacher_hidden_states, t_layer, "hidden")
                 loss, n = hidden_state_loss(
-                    self.projections(student, s_layer), teacher.to(student.device), attention_mask,
+                    self.projections(student, s_layer),
+                    teacher.to(student.device),
+                    attention_mask,
                     kind=self.hidden_loss,
                 )
                 total, count = (loss, n) if total is None else (total + loss, count + n)
@@ -232,7 +240,10 @@ class FeatureDistiller(nn.Module):
                 student = self._student_layer(student_attentions, s_layer, "attention", offset=1)
                 teacher = self._teacher_layer(teacher_attentions, t_layer, "attention")
                 loss, n = attention_loss(
-                    student, teacher.to(student.device), attention_mask, kind=self.attention_loss,
+                    student,
+                    teacher.to(student.device),
+                    attention_mask,
+                    kind=self.attention_loss,
                     heads=self.attention_heads,
                 )
                 total, count = (loss, n) if total is None else (total + loss, count + n)
@@ -241,6 +252,7 @@ class FeatureDistiller(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"hidden_pairs={self.hidden_pairs}, hidden_loss={self.hidden_loss}, attention_pairs={self.attention_pairs}, "
-            f"attention_loss={self.attention_loss}, attention_heads={self.attention_heads}"
+            f"hidden_pairs={self.hidden_pairs}, hidden_loss={self.hidden_loss}, "
+            f"attention_pairs={self.attention_pairs}, attention_loss={self.attention_loss}, "
+            f"attention_heads={self.attention_heads}"
         )

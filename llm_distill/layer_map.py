@@ -187,9 +187,7 @@ class Projections(nn.Module):
             return hidden
         key = "shared" if self.shared else self._key(student_layer)
         if key not in self.proj:
-            raise KeyError(
-                f"no projection for student layer {student_layer}; built for layers {self.student_layers}"
-            )
+            raise KeyError(f"no projection for student layer {student_layer}; built for layers {self.student_layers}")
         linear = self.proj[key]
         # Projections live in fp32 (trainer-owned); run them in the dtype of their weights.
         return linear(hidden.to(linear.weight.dtype))

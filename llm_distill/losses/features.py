@@ -37,7 +37,9 @@ def _token_mask(attention_mask: torch.Tensor | None, batch: int, seq: int, devic
     if attention_mask is None:
         return torch.ones(batch, seq, dtype=torch.bool, device=device)
     if tuple(attention_mask.shape) != (batch, seq):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, seq) = {(batch, seq)}")
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)}; expected (batch, seq) = {(batch, seq)}"
+        )
     return attention_mask.to(device).bool()
 
 
@@ -117,7 +119,9 @@ def attention_loss(
         number of real query rows (= real tokens).
     """
     if kind not in ATTENTION_LOSS_KINDS:
-        raise ValueError(f"attention loss kind={kind!r} is not known; expected one of {', '.join(ATTENTION_LOSS_KINDS)}")
+        raise ValueError(
+            f"attention loss kind={kind!r} is not known; expected one of {', '.join(ATTENTION_LOSS_KINDS)}"
+        )
     if student.dim() != 4 or teacher.dim() != 4:
         raise ValueError(
             f"attention maps must be (batch, heads, seq, seq); got student {tuple(student.shape)} and teacher "
