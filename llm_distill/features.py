@@ -7,6 +7,7 @@ teacher's targets. It never touches the student model itself, so the exported st
 Typical use::
 
     fd = FeatureDistiller.from_configs(student.config, teacher.config, hidden_map="uniform", attention_map="last")
+    prepare_for_feature_distillation(student, attentions=fd.needs_attentions)  # and the teacher model
     teacher_out = teacher(batch, hidden_layers=fd.teacher_hidden_layers, attention_layers=fd.teacher_attention_layers)
     out = student(**inputs, output_hidden_states=fd.needs_hidden_states or None,
                   output_attentions=fd.needs_attentions or None)
@@ -37,6 +38,35 @@ def _config_dims(config, role: str) -> tuple[int, int]:
             f"{role} config {type(config).__name__} has no num_hidden_layers/hidden_size; pass the sizes to "
             "FeatureDistiller(...) directly"
         ) from err
+
+
+def prepare_for_feature_distillation(model: nn.Module, *, attentions: bool) -> list[str]:
+    """Make a model (teacher or student) return usable attention maps; a no-op when ``attentions`` is False.
+
+    - Switches to eager attention (``model.set_attn_implementation("eager")``): SDPA and flash attention return no
+      maps in transformers 5. Hidden states need nothing: every implementation returns them.
+    - Sets attention-probability dropout to 0 on the attention modules (``BertSelfAttention.dropout.p``,
+      ``LlamaAttention.attention_dropout``): HF returns the maps *after* dropout, so in training they would hold
+      exact zeros and rows not summing to 1, which a KL target punishes as if they were the student's beliefs.
+      Hidden-state dropout is untouched, and so is the config (the exported student keeps its dropout settings).
+
+    Returns the names of the modules whose attention dropout was set to 0. Call it again after a reload (resume).
+    """
+    if not attentions:
+        return []
+    if getattr(model.config, "_attn_implementation", None) != "eager":
+        model.set_attn_implementation("eager")
+    changed = []
+    for name, module in model.named_modules():
+        if not type(module).__name__.endswith("Attention"):
+            continue
+        if isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout > 0:
+            module.attention_dropout = 0.0
+            changed.append(name)
+        elif isinstance(getattr(module, "dropout", None), nn.Dropout) and module.dropout.p > 0:
+            module.dropout.p = 0.0
+            changed.append(name)
+    return changed
 
 
 class FeatureDistiller(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from llm_distill.features import FeatureDistiller
+from llm_distill.features import FeatureDistiller, prepare_for_feature_distillation
 from llm_distill.losses.features import attention_loss, hidden_state_loss
 from llm_distill.teacher import LiveTeacher
 
@@ -254,3 +254,28 @@ def test_errors_name_the_fix():
         FeatureDistiller(2, 4, 8, 8, hidden_map=None)
     with pytest.raises(ValueError, match="hidden_loss='l1' is not known"):
         FeatureDistiller(2, 4, 8, 8, hidden_loss="l1")
+
+
+def test_prepare_switches_to_eager_and_removes_attention_dropout():
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        attention_probs_dropout_prob=0.5,
+    )
+    model = BertModel(cfg).train()
+    assert model.config._attn_implementation != "eager"
+    assert prepare_for_feature_distillation(model, attentions=False) == []
+    changed = prepare_for_feature_distillation(model, attentions=True)
+    assert model.config._attn_implementation == "eager" and len(changed) == 2
+    maps = model(input_ids=torch.randint(0, 64, (2, 6)), output_attentions=True).attentions
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 4, 6))  # no dropout holes even in train mode
+    assert model.config.attention_probs_dropout_prob == 0.5  # exported config untouched
+    llama = tiny_llama()
+    llama.config.attention_dropout = 0.1
+    llama = LlamaForCausalLM(llama.config)
+    assert len(prepare_for_feature_distillation(llama, attentions=True)) == 4
+    assert all(layer.self_attn.attention_dropout == 0.0 for layer in llama.model.layers)
