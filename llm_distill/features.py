@@ -286,3 +286,55 @@ class FeatureDistiller(nn.Module):
             f"attention_pairs={self.attention_pairs}, attention_loss={self.attention_loss}, "
             f"attention_heads={self.attention_heads}"
         )
+
+
+class StudentWithFeatures(nn.Module):
+    """The student and its ``FeatureDistiller`` as one module, with the feature losses computed inside ``forward``.
+
+    Why one module: under DDP, FSDP2 or DeepSpeed ZeRO only the parameters of the wrapped model get their gradients
+    reduced (and, for ZeRO/FSDP, sharded and optimised); projections kept outside would silently drift apart
+    across processes. Computing the losses in ``forward`` also keeps DDP's "every parameter used in forward"
+    bookkeeping honest. Checkpoints of this module (``state_dict``) hold ``student.*`` and ``features.*``;
+    the exported model is ``self.student`` alone (``save_pretrained`` delegates to it).
+    """
+
+    def __init__(self, student: nn.Module, features: FeatureDistiller):
+        super().__init__()
+        self.student = student
+        self.features = features
+
+    @property
+    def config(self):
+        return self.student.config
+
+    def save_pretrained(self, *args, **kwargs):
+        """Save the student only: projections are training state, not part of the shipped model."""
+        return self.student.save_pretrained(*args, **kwargs)
+
+    def forward(self, *, teacher_outputs=None, keep_features: bool = False, **inputs):
+        """Run the student; with ``teacher_outputs`` (a ``TeacherOutputs``) also compute the feature terms.
+
+        Returns the student's ``ModelOutput`` with an extra ``feature_terms`` entry
+        (``{term: (sum, count)}``, see ``FeatureDistiller.forward``). The student's hidden states and attention maps
+        are dropped from the output unless ``keep_features`` (they can be large; the autograd graph keeps what the
+        loss needs).
+        """
+        fd = self.features
+        want_hidden = fd.needs_hidden_states or bool(inputs.pop("output_hidden_states", False))
+        want_attn = fd.needs_attentions or bool(inputs.pop("output_attentions", False))
+        out = self.student(
+            **inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, return_dict=True
+        )
+        if teacher_outputs is not None:
+            out["feature_terms"] = fd(
+                inputs.get("attention_mask"),
+                student_hidden_states=out.get("hidden_states"),
+                student_attentions=out.get("attentions"),
+                teacher_hidden_states=teacher_outputs.hidden_states,
+                teacher_attentions=teacher_outputs.attentions,
+            )
+        if not keep_features:
+            for key in ("hidden_states", "attentions"):
+                if out.get(key) is not None:
+                    out[key] = None
+        return out

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
-from llm_distill.features import FeatureDistiller, prepare_for_feature_distillation
+from llm_distill.features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from llm_distill.losses.features import attention_loss, hidden_state_loss
 from llm_distill.teacher import LiveTeacher
 
@@ -279,3 +279,31 @@ def test_prepare_switches_to_eager_and_removes_attention_dropout():
     llama = LlamaForCausalLM(llama.config)
     assert len(prepare_for_feature_distillation(llama, attentions=True)) == 4
     assert all(layer.self_attn.attention_dropout == 0.0 for layer in llama.model.layers)
+
+
+def test_student_with_features_checkpoints_projections_but_exports_the_student(tmp_path):
+    teacher = tiny_llama()
+    student = tiny_llama(layers=2, hidden=16, heads=2, kv=1, seed=4)
+    fd = FeatureDistiller.from_configs(student.config, teacher.config, hidden_map="uniform", attention_map="last")
+    wrapped = StudentWithFeatures(student, fd)
+    keys = wrapped.state_dict().keys()
+    assert any(k.startswith("features.projections.") for k in keys) and any(k.startswith("student.") for k in keys)
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith("features.")} == {
+        f"features.projections.proj.layer_{i}.{w}" for i in range(3) for w in ("weight", "bias")
+    }
+
+    inputs = batch("right")
+    t_out = LiveTeacher(teacher)(inputs, hidden_layers=fd.teacher_hidden_layers, attention_layers=[4])
+    out = wrapped(teacher_outputs=t_out, **inputs)
+    assert out.hidden_states is None and out.attentions is None and out.logits.shape == (3, 7, 64)
+    direct = run(fd, student, teacher, inputs)
+    for term in ("hidden", "attention"):
+        torch.testing.assert_close(out["feature_terms"][term][0], direct[term][0])
+    out["feature_terms"]["hidden"][0].backward()
+    assert fd.projections.proj["layer_1"].weight.grad.abs().sum() > 0
+
+    wrapped.save_pretrained(tmp_path)
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert not any("proj.layer" in k for k in reloaded.state_dict())
+    assert reloaded.config.hidden_size == 16
