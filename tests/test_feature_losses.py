@@ -307,3 +307,12 @@ def test_student_with_features_checkpoints_projections_but_exports_the_student(t
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path)
     assert not any("proj.layer" in k for k in reloaded.state_dict())
     assert reloaded.config.hidden_size == 16
+
+
+def test_non_divisible_uniform_map_needs_consent():
+    with pytest.raises(ValueError, match=r"layer_map=\[\[0, 0\], \[1, 1\], \[2, 3\], \[3, 4\], \[4, 6\]\]"):
+        FeatureDistiller(4, 6, 8, 8, hidden_map="uniform")
+    with pytest.warns(UserWarning, match="teacher layers 1, 3, 4, 6"):
+        fd = FeatureDistiller(4, 6, 8, 8, hidden_map="uniform", attention_map="uniform", strict_map=False)
+    assert fd.teacher_hidden_layers == [0, 1, 3, 4, 6] and fd.teacher_attention_layers == [1, 3, 4, 6]
+    assert fd.counts(torch.tensor([[1, 1, 0]])) == {"hidden": 10, "attention": 8}
