@@ -1,14 +1,19 @@
 """Pure tensor losses: no model, tokenizer or trainer in here."""
 
 from .divergences import DIVERGENCE_KINDS, divergence, divergence_from_logprobs, hard_ce, reduce_tokens
+from .features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
 from .sparse import SparseTargets, sparse_divergence
 
 __all__ = [
+    "ATTENTION_LOSS_KINDS",
     "DIVERGENCE_KINDS",
+    "HIDDEN_LOSS_KINDS",
     "SparseTargets",
+    "attention_loss",
     "divergence",
     "divergence_from_logprobs",
     "hard_ce",
+    "hidden_state_loss",
     "reduce_tokens",
     "sparse_divergence",
 ]

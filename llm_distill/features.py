@@ -1,0 +1,340 @@
+"""FeatureDistiller: layer maps + projections + feature losses behind one call.
+
+The trainer owns one ``FeatureDistiller`` (an ``nn.Module``, so its projections are optimised, checkpointed and
+restored like any other trainable state) and calls it once per micro-batch with the student's outputs and the
+teacher's targets. It never touches the student model itself, so the exported student stays a plain HF model.
+
+Typical use::
+
+    fd = FeatureDistiller.from_configs(student.config, teacher.config, hidden_map="uniform", attention_map="last")
+    prepare_for_feature_distillation(student, attentions=fd.needs_attentions)  # and the teacher model
+    teacher_out = teacher(batch, hidden_layers=fd.teacher_hidden_layers, attention_layers=fd.teacher_attention_layers)
+    out = student(**inputs, output_hidden_states=fd.needs_hidden_states or None,
+                  output_attentions=fd.needs_attentions or None)
+    terms = fd(batch["attention_mask"], student_hidden_states=out.hidden_states,
+               student_attentions=out.attentions, teacher_hidden_states=teacher_out.hidden_states,
+               teacher_attentions=teacher_out.attentions)
+    hidden_sum, hidden_count = terms["hidden"]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .layer_map import LayerMapSpec, Projections, resolve_layer_map
+from .losses.features import ATTENTION_LOSS_KINDS, HEAD_MODES, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
+
+LayerOutputs = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
+
+
+def _config_dims(config, role: str) -> tuple[int, int]:
+    try:
+        return int(config.num_hidden_layers), int(config.hidden_size)
+    except AttributeError as err:
+        raise ValueError(
+            f"{role} config {type(config).__name__} has no num_hidden_layers/hidden_size; pass the sizes to "
+            "FeatureDistiller(...) directly"
+        ) from err
+
+
+def prepare_for_feature_distillation(model: nn.Module, *, attentions: bool) -> list[str]:
+    """Make a model (teacher or student) return usable attention maps; a no-op when ``attentions`` is False.
+
+    - Switches to eager attention (``model.set_attn_implementation("eager")``): SDPA and flash attention return no
+      maps in transformers 5. Hidden states need nothing: every implementation returns them.
+    - Sets attention-probability dropout to 0 on the attention modules (``BertSelfAttention.dropout.p``,
+      ``LlamaAttention.attention_dropout``): HF returns the maps *after* dropout, so in training they would hold
+      exact zeros and rows not summing to 1, which a KL target punishes as if they were the student's beliefs.
+      Hidden-state dropout is untouched, and so is the config (the exported student keeps its dropout settings).
+
+    Returns the names of the modules whose attention dropout was set to 0. Call it again after a reload (resume).
+    """
+    if not attentions:
+        return []
+    if getattr(model.config, "_attn_implementation", None) != "eager":
+        model.set_attn_implementation("eager")
+    changed = []
+    for name, module in model.named_modules():
+        if not type(module).__name__.endswith("Attention"):
+            continue
+        if isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout > 0:
+            module.attention_dropout = 0.0
+            changed.append(name)
+        elif isinstance(getattr(module, "dropout", None), nn.Dropout) and module.dropout.p > 0:
+            module.dropout.p = 0.0
+            changed.append(name)
+    return changed
+
+
+class FeatureDistiller(nn.Module):
+    """Hidden-state and attention distillation through layer maps, with trainer-owned projections.
+
+    Args:
+        num_student_layers / num_teacher_layers: M and N, the numbers of transformer blocks.
+        student_hidden_size / teacher_hidden_size: d_S and d_T.
+        hidden_map: layer-map spec for hidden states (``"uniform"``, ``"last"``, explicit pairs) or None to
+            disable the hidden term. Layer 0 (embeddings) is allowed.
+        attention_map: layer-map spec for attention maps, or None to disable. Layers are 1..M / 1..N; ``"uniform"``
+            drops the (0, 0) pair.
+        hidden_loss: ``"mse"`` or ``"cosine"``. attention_loss: ``"kl"`` or ``"mse"``.
+        attention_heads: ``"auto"`` | ``"per_head"`` | ``"mean"`` (see ``losses.features.attention_loss``).
+        shared_projection / project_equal_widths: see ``Projections``.
+        strict_map: a non-divisible ``"uniform"`` map is an error when True, a warning + rounded map when False.
+    """
+
+    def __init__(
+        self,
+        num_student_layers: int,
+        num_teacher_layers: int,
+        student_hidden_size: int,
+        teacher_hidden_size: int,
+        *,
+        hidden_map: LayerMapSpec | None = "uniform",
+        attention_map: LayerMapSpec | None = None,
+        hidden_loss: str = "mse",
+        attention_loss: str = "kl",
+        attention_heads: str = "auto",
+        shared_projection: bool = False,
+        project_equal_widths: bool = False,
+        strict_map: bool = True,
+    ):
+        super().__init__()
+        if hidden_map is None and attention_map is None:
+            raise ValueError("FeatureDistiller needs hidden_map or attention_map (or both); both are None")
+        if hidden_loss not in HIDDEN_LOSS_KINDS:
+            raise ValueError(
+                f"hidden_loss={hidden_loss!r} is not known; expected one of {', '.join(HIDDEN_LOSS_KINDS)}"
+            )
+        if attention_loss not in ATTENTION_LOSS_KINDS:
+            raise ValueError(
+                f"attention_loss={attention_loss!r} is not known; expected one of {', '.join(ATTENTION_LOSS_KINDS)}"
+            )
+        if attention_heads not in HEAD_MODES:
+            raise ValueError(
+                f"attention_heads={attention_heads!r} is not known; expected one of {', '.join(HEAD_MODES)}"
+            )
+        self.num_student_layers = num_student_layers
+        self.num_teacher_layers = num_teacher_layers
+        self.hidden_loss = hidden_loss
+        self.attention_loss = attention_loss
+        self.attention_heads = attention_heads
+        m, n = num_student_layers, num_teacher_layers
+        self.hidden_pairs: list[tuple[int, int]] = (
+            []
+            if hidden_map is None
+            else resolve_layer_map(hidden_map, m, n, include_embeddings=True, strict=strict_map)
+        )
+        self.attention_pairs: list[tuple[int, int]] = (
+            []
+            if attention_map is None
+            else resolve_layer_map(attention_map, m, n, include_embeddings=False, strict=strict_map)
+        )
+        self.projections = Projections(
+            [s for s, _ in self.hidden_pairs],
+            student_hidden_size,
+            teacher_hidden_size,
+            shared=shared_projection,
+            project_equal_widths=project_equal_widths,
+        )
+
+    @classmethod
+    def from_configs(cls, student_config, teacher_config, **kwargs) -> FeatureDistiller:
+        """Build from two HF configs (``num_hidden_layers`` and ``hidden_size`` are read from them)."""
+        m, d_s = _config_dims(student_config, "student")
+        n, d_t = _config_dims(teacher_config, "teacher")
+        return cls(m, n, d_s, d_t, **kwargs)
+
+    # What to ask the models for. Teacher hidden-state keys and attention keys follow ``TeacherOutputs``:
+    # hidden 0 = embeddings, attention 1-based.
+    @property
+    def student_hidden_layers(self) -> list[int]:
+        return sorted({s for s, _ in self.hidden_pairs})
+
+    @property
+    def teacher_hidden_layers(self) -> list[int]:
+        return sorted({t for _, t in self.hidden_pairs})
+
+    @property
+    def student_attention_layers(self) -> list[int]:
+        return sorted({s for s, _ in self.attention_pairs})
+
+    @property
+    def teacher_attention_layers(self) -> list[int]:
+        return sorted({t for _, t in self.attention_pairs})
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return bool(self.hidden_pairs)
+
+    @property
+    def needs_attentions(self) -> bool:
+        return bool(self.attention_pairs)
+
+    @property
+    def terms(self) -> list[str]:
+        """Names of the enabled terms, the keys of ``forward``'s result."""
+        return [name for name, pairs in (("hidden", self.hidden_pairs), ("attention", self.attention_pairs)) if pairs]
+
+    def counts(self, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What ``forward`` will return as counts for this mask, without running anything.
+
+        A trainer sums these over the micro-batches of an accumulation window (and all-reduces them across
+        processes) before the first backward, then divides each term's sum by its window count.
+        Returns ``{term: int64 real tokens x mapped layers}``.
+        """
+        real = attention_mask.bool().sum()
+        return {
+            name: real * len(pairs)
+            for name, pairs in (("hidden", self.hidden_pairs), ("attention", self.attention_pairs))
+            if pairs
+        }
+
+    @staticmethod
+    def _student_layer(outputs: LayerOutputs | None, layer: int, kind: str, offset: int) -> torch.Tensor:
+        if outputs is None or len(outputs) == 0:
+            hint = (
+                "call the student with output_hidden_states=True"
+                if kind == "hidden"
+                else "call the student with output_attentions=True and attn_implementation='eager' (SDPA/flash "
+                "attention return no maps)"
+            )
+            raise ValueError(f"the student returned no {kind} outputs; {hint}")
+        if isinstance(outputs, Mapping):
+            if layer not in outputs:
+                raise KeyError(f"student {kind} outputs have layers {sorted(outputs)}, but layer {layer} is mapped")
+            return outputs[layer]
+        # HF tuples: hidden_states[k] is layer k (0 = embeddings); attentions[k - 1] is layer k.
+        index = layer - offset
+        if not 0 <= index < len(outputs):
+            raise IndexError(
+                f"student {kind} outputs hold {len(outputs)} entries but layer {layer} is mapped; was the student "
+                f"built with num_hidden_layers={len(outputs) + offset - 1 if kind == 'hidden' else len(outputs)}?"
+            )
+        return outputs[index]
+
+    @staticmethod
+    def _teacher_layer(outputs: Mapping[int, torch.Tensor] | None, layer: int, kind: str) -> torch.Tensor:
+        if not outputs or layer not in outputs:
+            have = sorted(outputs) if outputs else []
+            raise KeyError(
+                f"teacher {kind} layer {layer} is mapped but the teacher outputs hold layers {have}; ask the teacher "
+                f"for FeatureDistiller.teacher_{kind}_layers"
+            )
+        return outputs[layer]
+
+    def forward(
+        self,
+        attention_mask: torch.Tensor | None,
+        *,
+        student_hidden_states: LayerOutputs | None = None,
+        student_attentions: LayerOutputs | None = None,
+        teacher_hidden_states: Mapping[int, torch.Tensor] | None = None,
+        teacher_attentions: Mapping[int, torch.Tensor] | None = None,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Feature-loss sums and counts for one micro-batch.
+
+        Args:
+            attention_mask: ``(B, S)`` 1 for real tokens, 0 for padding (None: every position counts).
+            student_hidden_states: HF tuple of ``M + 1`` tensors ``(B, S, d_S)`` (index 0 = embeddings) or a dict
+                layer -> tensor holding at least ``student_hidden_layers``.
+            student_attentions: HF tuple of ``M`` tensors ``(B, H_S, S, S)`` (index k - 1 = layer k) or a dict
+                1-based layer -> tensor.
+            teacher_hidden_states: dict teacher layer -> ``(B, S, d_T)`` (``TeacherOutputs.hidden_states``).
+            teacher_attentions: dict 1-based teacher layer -> ``(B, H_T, S, S)`` (``TeacherOutputs.attentions``).
+        Returns:
+            ``{"hidden": (sum, count), "attention": (sum, count)}`` with only the enabled terms. ``sum`` is fp32 and
+            differentiable (student + projections); ``count`` is int64 real tokens x mapped layers, equal to
+            ``self.counts(attention_mask)[term]``. Divide the window's summed ``sum`` by the window's summed
+            ``count`` to get the mean per-token, per-layer loss.
+        """
+        result: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.hidden_pairs:
+            total, count = None, None
+            for s_layer, t_layer in self.hidden_pairs:
+                student = self._student_layer(student_hidden_states, s_layer, "hidden", offset=0)
+                teacher = self._teacher_layer(teacher_hidden_states, t_layer, "hidden")
+                loss, n = hidden_state_loss(
+                    self.projections(student, s_layer),
+                    teacher.to(student.device),
+                    attention_mask,
+                    kind=self.hidden_loss,
+                )
+                total, count = (loss, n) if total is None else (total + loss, count + n)
+            result["hidden"] = (total, count)
+        if self.attention_pairs:
+            total, count = None, None
+            for s_layer, t_layer in self.attention_pairs:
+                student = self._student_layer(student_attentions, s_layer, "attention", offset=1)
+                teacher = self._teacher_layer(teacher_attentions, t_layer, "attention")
+                loss, n = attention_loss(
+                    student,
+                    teacher.to(student.device),
+                    attention_mask,
+                    kind=self.attention_loss,
+                    heads=self.attention_heads,
+                )
+                total, count = (loss, n) if total is None else (total + loss, count + n)
+            result["attention"] = (total, count)
+        return result
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_pairs={self.hidden_pairs}, hidden_loss={self.hidden_loss}, "
+            f"attention_pairs={self.attention_pairs}, attention_loss={self.attention_loss}, "
+            f"attention_heads={self.attention_heads}"
+        )
+
+
+class StudentWithFeatures(nn.Module):
+    """The student and its ``FeatureDistiller`` as one module, with the feature losses computed inside ``forward``.
+
+    Why one module: under DDP, FSDP2 or DeepSpeed ZeRO only the parameters of the wrapped model get their gradients
+    reduced (and, for ZeRO/FSDP, sharded and optimised); projections kept outside would silently drift apart
+    across processes. Computing the losses in ``forward`` also keeps DDP's "every parameter used in forward"
+    bookkeeping honest. Checkpoints of this module (``state_dict``) hold ``student.*`` and ``features.*``;
+    the exported model is ``self.student`` alone (``save_pretrained`` delegates to it).
+    """
+
+    def __init__(self, student: nn.Module, features: FeatureDistiller):
+        super().__init__()
+        self.student = student
+        self.features = features
+
+    @property
+    def config(self):
+        return self.student.config
+
+    def save_pretrained(self, *args, **kwargs):
+        """Save the student only: projections are training state, not part of the shipped model."""
+        return self.student.save_pretrained(*args, **kwargs)
+
+    def forward(self, *, teacher_outputs=None, keep_features: bool = False, **inputs):
+        """Run the student; with ``teacher_outputs`` (a ``TeacherOutputs``) also compute the feature terms.
+
+        Returns the student's ``ModelOutput`` with an extra ``feature_terms`` entry
+        (``{term: (sum, count)}``, see ``FeatureDistiller.forward``). The student's hidden states and attention maps
+        are dropped from the output unless ``keep_features`` (they can be large; the autograd graph keeps what the
+        loss needs).
+        """
+        fd = self.features
+        want_hidden = fd.needs_hidden_states or bool(inputs.pop("output_hidden_states", False))
+        want_attn = fd.needs_attentions or bool(inputs.pop("output_attentions", False))
+        out = self.student(
+            **inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, return_dict=True
+        )
+        if teacher_outputs is not None:
+            out["feature_terms"] = fd(
+                inputs.get("attention_mask"),
+                student_hidden_states=out.get("hidden_states"),
+                student_attentions=out.get("attentions"),
+                teacher_hidden_states=teacher_outputs.hidden_states,
+                teacher_attentions=teacher_outputs.attentions,
+            )
+        if not keep_features:
+            for key in ("hidden_states", "attentions"):
+                if out.get(key) is not None:
+                    out[key] = None
+        return out
