@@ -70,15 +70,28 @@ def _build_student(recipe, args, task: str, teacher):
 
 
 def cmd_train(argv: list[str]) -> int:
+    from .recipes import load_recipe, stage_recipes
+
+    path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
+    for name, recipe in stage_recipes(load_recipe(path, overrides)):
+        output_dir = recipe.config["output_dir"]
+        if name and os.path.exists(os.path.join(output_dir, "trainer_state.json")):
+            logger.warning("stage %s already finished in %s; skipping it", name, output_dir)
+            continue
+        if name:
+            logger.info("stage %s -> %s", name, output_dir)
+        run_train(recipe)
+    return 0
+
+
+def run_train(recipe) -> dict:
+    """Train one recipe (one stage) end to end; returns the final evaluation metrics (empty without eval data)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     from .data import DataConfig, build_datasets
-    from .recipes import load_recipe
     from .tasks import load_model
     from .trainer import DistillationTrainer
 
-    path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
-    recipe = load_recipe(path, overrides)
     args = recipe.training_args()  # validates every field before anything heavy is loaded
     data_cfg = DataConfig.from_dict(recipe.dataset)
     task = _task_of(args, recipe)
@@ -108,11 +121,12 @@ def cmd_train(argv: list[str]) -> int:
             logger.warning("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
+    metrics = {}
     if eval_ds is not None:
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
-    return 0
+    return metrics
 
 
 def cmd_finetune(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ checked against the real schema so a typo fails before any model is loaded.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 
 from .config import DistillationConfig
 
-BLOCKS = ("teacher", "student", "dataset", "cache")
+BLOCKS = ("teacher", "student", "dataset", "cache", "stages")
 TEACHER_KEYS = {"model_name_or_path": "teacher_model_name_or_path", "dtype": "teacher_dtype",
                 "logits_path": "teacher_logits_path"}
 STUDENT_KEYS = ("model_name_or_path", "from_teacher", "config_overrides", "num_labels", "dtype", "peft",
@@ -41,6 +42,7 @@ class Recipe:
     student: dict = field(default_factory=dict)
     dataset: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    stages: list[dict] = field(default_factory=list)
     source: str | None = None
 
     def training_args(self) -> DistillationConfig:
@@ -125,5 +127,33 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     from .data import DataConfig
 
     reject_unknown_keys(dataset, [f.name for f in fields(DataConfig)], where="dataset")
-    return Recipe(config=config, student=student, dataset=dataset, cache=raw.get("cache") or {},
+    stages = raw.get("stages") or []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict) or "name" not in stage:
+            raise ValueError(f"stages[{i}] must be a mapping with a name and the keys it overrides")
+        overrides_of_stage = {k: v for k, v in stage.items() if k != "name"}
+        reject_unknown_keys(overrides_of_stage, config_field_names() + ["dataset"], where=f"stages[{i}]")
+        stage_config = {**config, **{k: v for k, v in overrides_of_stage.items() if k != "dataset"}}
+        DistillationConfig(**stage_config)  # every stage must be a valid config on its own, before any training
+    return Recipe(config=config, student=student, dataset=dataset, cache=raw.get("cache") or {}, stages=stages,
                   source=str(path) if path else None)
+
+
+def stage_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
+    """One recipe per stage; stage k+1 starts from the student that stage k saved (TinyBERT's two stages)."""
+    if not recipe.stages:
+        return [("", recipe)]
+    out, previous = [], None
+    root = recipe.config.get("output_dir", "runs/distill")
+    for stage in recipe.stages:
+        name = stage["name"]
+        config = {**recipe.config, **{k: v for k, v in stage.items() if k not in ("name", "dataset")},
+                  "output_dir": os.path.join(root, name)}
+        dataset = {**recipe.dataset, **stage.get("dataset", {})}
+        student = recipe.student if previous is None else {
+            **{k: v for k, v in recipe.student.items() if k in ("peft", "attn_implementation")},
+            "model_name_or_path": previous}
+        out.append((name, Recipe(config=config, student=student, dataset=dataset, cache=recipe.cache,
+                                 source=recipe.source)))
+        previous = config["output_dir"]
+    return out

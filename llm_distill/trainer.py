@@ -10,27 +10,38 @@ from collections import defaultdict
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.utils import find_labels
 
 from . import __version__
 from .compat import check_tokenizers, shared_vocab_size
 from .config import DistillationConfig
 from .data import DistillationCollator
+from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from .losses import divergence, hard_ce, sparse_divergence
 from .model_card import write_model_card
 from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import LiveTeacher, TeacherOutputs, model_inputs
 
 METADATA_NAME = "distillation.json"
+PROJECTIONS_NAME = "feature_projections.safetensors"
 # Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
-SUM_KEYS = ("kd", "ce", "agree", "tokens")
+SUM_KEYS = ("kd", "ce", "agree", "tokens", "hidden", "hidden_tokens", "attention", "attention_tokens")
+# What each loss term is divided by: the window count of its own kind of token.
+COUNT_KEYS = ("kd_tokens", "hidden", "attention")
 
 
 class DistillationTrainer(Trainer):
     """Train a student against a frozen teacher.
 
-    ``loss = kd_weight * KD + ce_weight * CE``, where each term is a sum over counted tokens divided by the number
-    of counted tokens in the whole gradient-accumulation window on all processes, so that batch 8 x accumulation 1
-    and batch 4 x accumulation 2 (or 2 processes x batch 4) produce the same update.
+    ``loss = kd_weight * KD + ce_weight * CE + hidden_weight * hidden + attention_weight * attention``, where each
+    term is a sum over its counted tokens divided by the number of such tokens in the whole gradient-accumulation
+    window on all processes, so that batch 8 x accumulation 1 and batch 4 x accumulation 2 (or 2 processes x batch
+    4) produce the same update. KD/CE count labelled target positions; feature terms count real tokens x mapped
+    layers.
+
+    With hidden/attention terms, ``self.model`` is a ``StudentWithFeatures`` holding the student and the
+    projections: the optimizer, checkpoints and distributed wrappers see the projections, while ``save_model``
+    exports the student alone.
     """
 
     # compute_loss divides by the window's token count itself; Trainer must not divide by the number of steps.
@@ -58,6 +69,9 @@ class DistillationTrainer(Trainer):
             model = load_model(model, args.task)
         self.task = args.task if args.task != "auto" else infer_task(model)
         self.teacher = self._build_teacher(teacher_model, args, model)
+        self.features: FeatureDistiller | None = None
+        if args.uses_features:
+            model = self._wrap_with_features(model, args)
         if data_collator is None and processing_class is not None and hasattr(processing_class, "pad_token_id"):
             data_collator = DistillationCollator(processing_class)
         super().__init__(
@@ -69,6 +83,9 @@ class DistillationTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        if self.features is not None and args.label_names is None:
+            # Trainer finds label names in the model's forward signature; the wrapper's is **inputs.
+            self.label_names = find_labels(type(self.student))
         check_tokenizers(teacher_processing_class, processing_class)
         self.kd_vocab_size = self._shared_vocab_size(processing_class)
         self._place_teacher()
@@ -85,9 +102,27 @@ class DistillationTrainer(Trainer):
             teacher_model = load_model(name, self.task, dtype=args.teacher_dtype, **kwargs)
         return LiveTeacher(teacher_model)
 
+    def _wrap_with_features(self, student, args: DistillationConfig) -> StudentWithFeatures:
+        self.features = FeatureDistiller.from_configs(
+            student.config,
+            self.teacher.config,
+            hidden_map=args.layer_map if args.hidden_weight > 0 else None,
+            attention_map=args.layer_map if args.attention_weight > 0 else None,
+            hidden_loss=args.hidden_loss,
+            attention_loss=args.attention_loss,
+        )
+        prepare_for_feature_distillation(student, attentions=self.features.needs_attentions)
+        prepare_for_feature_distillation(self.teacher.model, attentions=self.features.needs_attentions)
+        return StudentWithFeatures(student, self.features)
+
+    @property
+    def student(self) -> nn.Module:
+        """The student model itself (without the feature-distillation wrapper or distributed wrappers)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.student if isinstance(model, StudentWithFeatures) else model
+
     def _shared_vocab_size(self, tokenizer) -> int | None:
-        student = self.accelerator.unwrap_model(self.model)
-        student_config = getattr(student, "config", None)
+        student_config = getattr(self.student, "config", None)
         return shared_vocab_size(self.teacher.config, student_config, tokenizer, self.task)
 
     def _place_teacher(self) -> None:
@@ -100,6 +135,11 @@ class DistillationTrainer(Trainer):
             self.teacher.model.to(self.args.device)
 
     def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None and isinstance(self.model, StudentWithFeatures):
+            # The wrapper's forward takes **inputs; the columns to keep are the student's.
+            import inspect
+
+            self._signature_columns = list(inspect.signature(self.model.student.forward).parameters)
         super()._set_signature_columns_if_needed()
         # Cached-teacher lookups need the sample id; the student never sees it.
         for column in ("sample_id", "labels"):
@@ -109,8 +149,11 @@ class DistillationTrainer(Trainer):
     # ---- loss -------------------------------------------------------------------------------------------------
 
     def _count(self, batch: dict) -> torch.Tensor:
+        """Counts in ``COUNT_KEYS`` order for one micro-batch."""
         mask, _ = targets(batch, self.task)
-        return torch.stack([mask.sum(), real_token_mask(batch).sum()])
+        feature = self.features.counts(real_token_mask(batch)) if self.features is not None else {}
+        zero = mask.sum() * 0
+        return torch.stack([mask.sum(), feature.get("hidden", zero), feature.get("attention", zero)])
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict | None:
         """Counted tokens of the whole accumulation window, summed over processes.
@@ -122,11 +165,14 @@ class DistillationTrainer(Trainer):
             return None
         counts = sum(self._count(b) for b in batch_samples).to(device)
         if self.args.world_size > 1:
-            counts = self.accelerator.gather(counts).view(-1, 2).sum(0)
-        return {"kd_tokens": counts[0], "real_tokens": counts[1]}
+            counts = self.accelerator.gather(counts).view(-1, len(COUNT_KEYS)).sum(0)
+        return dict(zip(COUNT_KEYS, counts))
 
     def _teacher_targets(self, inputs: dict) -> TeacherOutputs:
-        return self.teacher(inputs)
+        if self.features is None:
+            return self.teacher(inputs)
+        return self.teacher(inputs, hidden_layers=self.features.teacher_hidden_layers,
+                            attention_layers=self.features.teacher_attention_layers)
 
     def _vocab(self, logits: torch.Tensor) -> torch.Tensor:
         return logits if self.kd_vocab_size is None else logits[..., : self.kd_vocab_size]
@@ -135,8 +181,13 @@ class DistillationTrainer(Trainer):
         args: DistillationConfig = self.args
         mode = "train" if model.training else "eval"
         mask, labels = targets(inputs, self.task)
-        student_out = model(**model_inputs(inputs), return_dict=True)
         teacher_out = self._teacher_targets(inputs)
+        if self.features is not None:
+            student_out = model(teacher_outputs=teacher_out, **model_inputs(inputs))
+            feature_terms = student_out["feature_terms"]
+        else:
+            student_out = model(**model_inputs(inputs), return_dict=True)
+            feature_terms = {}
         student_logits = self._vocab(student_out.logits)
 
         kd_args = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, mask=mask,
@@ -158,16 +209,24 @@ class DistillationTrainer(Trainer):
 
         local_tokens = mask.sum()
         if mode == "train" and isinstance(num_items_in_batch, dict):
-            denominator = num_items_in_batch["kd_tokens"]
+            counts = num_items_in_batch
             # DDP/FSDP/DeepSpeed average gradients over processes; the window count already spans all of them.
             scale = self.accelerator.num_processes
         else:
-            denominator, scale = local_tokens, 1
-        loss = (args.kd_weight * kd_sum + args.ce_weight * ce_sum) * scale / denominator.clamp(min=1)
+            counts = {"kd_tokens": local_tokens, **{k: c for k, (_, c) in feature_terms.items()}}
+            scale = 1
+        loss = (args.kd_weight * kd_sum + args.ce_weight * ce_sum) / counts["kd_tokens"].clamp(min=1)
+        weights = {"hidden": args.hidden_weight, "attention": args.attention_weight}
+        for term, (term_sum, _) in feature_terms.items():
+            loss = loss + weights[term] * term_sum / counts[term].clamp(min=1)
+        loss = loss * scale
 
         with torch.no_grad():
             agree = ((student_logits.argmax(-1) == teacher_top1) & mask).sum()
-            for key, value in zip(SUM_KEYS, (kd_sum, ce_sum, agree, local_tokens)):
+            sums = {"kd": kd_sum, "ce": ce_sum, "agree": agree, "tokens": local_tokens}
+            for term, (term_sum, term_count) in feature_terms.items():
+                sums[term], sums[f"{term}_tokens"] = term_sum, term_count
+            for key, value in sums.items():
                 self._metrics[mode][key] += value.detach().float()
         return (loss, student_out) if return_outputs else loss
 
@@ -177,12 +236,17 @@ class DistillationTrainer(Trainer):
         mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
         sums = self._metrics[mode]
         if sums:
-            totals = torch.stack([torch.as_tensor(sums[k], device=self.args.device).float() for k in SUM_KEYS])
+            device = self.args.device
+            totals = torch.stack([torch.as_tensor(sums.get(k, 0.0), device=device).float() for k in SUM_KEYS])
             if self.args.world_size > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
-            kd, ce, agree, tokens = totals.tolist()
+            kd, ce, agree, tokens, hidden, hidden_tokens, attention, attention_tokens = totals.tolist()
             tokens = max(tokens, 1.0)
             prefix = "eval_" if mode == "eval" else ""
+            if hidden_tokens:
+                logs[f"{prefix}hidden_loss"] = hidden / hidden_tokens
+            if attention_tokens:
+                logs[f"{prefix}attention_loss"] = attention / attention_tokens
             logs[f"{prefix}kd_loss"] = kd / tokens
             if mode == "eval" or self.args.ce_weight > 0:
                 logs[f"{prefix}ce_loss"] = ce / tokens
@@ -214,10 +278,47 @@ class DistillationTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # The student only: the teacher is not an attribute Trainer saves, so no teacher weights land here.
-        super()._save(output_dir, state_dict)
         output_dir = output_dir or self.args.output_dir
+        if not isinstance(self.accelerator.unwrap_model(self.model), StudentWithFeatures):
+            super()._save(output_dir, state_dict)
+        else:
+            self._save_student_and_projections(output_dir, state_dict)
         if self.args.should_save:
             meta = self.distillation_metadata()
             with open(os.path.join(output_dir, METADATA_NAME), "w") as fh:
                 json.dump(meta, fh, indent=2)
             write_model_card(output_dir, meta, self.state.log_history)
+
+    def _save_student_and_projections(self, output_dir: str, state_dict: dict | None) -> None:
+        """Student weights as a plain ``save_pretrained`` folder; projections beside them in checkpoints only."""
+        state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
+        student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
+        projections = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.student.save_pretrained(output_dir, state_dict=student_state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if os.path.basename(os.path.normpath(output_dir)).startswith("checkpoint-") and projections:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in projections.items()}, os.path.join(output_dir, PROJECTIONS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        wrapper = self.accelerator.unwrap_model(self.model)
+        if model is not None or not isinstance(wrapper, StudentWithFeatures):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.student)
+        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
+        if len(wrapper.features.state_dict()) == 0:
+            return
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}: it was not written by a feature-distillation "
+                "run, so the hidden-state projections cannot be restored"
+            )
+        from safetensors.torch import load_file
+
+        wrapper.features.load_state_dict(load_file(path))
