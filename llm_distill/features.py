@@ -314,7 +314,7 @@ class StudentWithFeatures(nn.Module):
     def forward(self, *, teacher_outputs=None, keep_features: bool = False, **inputs):
         """Run the student; with ``teacher_outputs`` (a ``TeacherOutputs``) also compute the feature terms.
 
-        Returns the student's ``ModelOutput`` with an extra ``feature_terms`` entry
+        Returns the student's outputs as a dict with an extra ``feature_terms`` entry
         (``{term: (sum, count)}``, see ``FeatureDistiller.forward``). The student's hidden states and attention maps
         are dropped from the output unless ``keep_features`` (they can be large; the autograd graph keeps what the
         loss needs).
@@ -325,8 +325,11 @@ class StudentWithFeatures(nn.Module):
         out = self.student(
             **inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, return_dict=True
         )
+        # A plain dict, not the model's ModelOutput: DDP flattens outputs and rebuilds them with the output class,
+        # which has no field for the extra entry.
+        result = dict(out)
         if teacher_outputs is not None:
-            out["feature_terms"] = fd(
+            result["feature_terms"] = fd(
                 inputs.get("attention_mask"),
                 student_hidden_states=out.get("hidden_states"),
                 student_attentions=out.get("attentions"),
@@ -335,6 +338,5 @@ class StudentWithFeatures(nn.Module):
             )
         if not keep_features:
             for key in ("hidden_states", "attentions"):
-                if out.get(key) is not None:
-                    out[key] = None
-        return out
+                result.pop(key, None)
+        return result

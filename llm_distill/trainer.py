@@ -188,7 +188,7 @@ class DistillationTrainer(Trainer):
         else:
             student_out = model(**model_inputs(inputs), return_dict=True)
             feature_terms = {}
-        student_logits = self._vocab(student_out.logits)
+        student_logits = self._vocab(student_out["logits"])
 
         kd_args = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, mask=mask,
                        reduction="sum", scale_by_t2=args.scale_by_t2)

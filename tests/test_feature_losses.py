@@ -296,7 +296,7 @@ def test_student_with_features_checkpoints_projections_but_exports_the_student(t
     inputs = batch("right")
     t_out = LiveTeacher(teacher)(inputs, hidden_layers=fd.teacher_hidden_layers, attention_layers=[4])
     out = wrapped(teacher_outputs=t_out, **inputs)
-    assert out.hidden_states is None and out.attentions is None and out.logits.shape == (3, 7, 64)
+    assert "hidden_states" not in out and "attentions" not in out and out["logits"].shape == (3, 7, 64)
     direct = run(fd, student, teacher, inputs)
     for term in ("hidden", "attention"):
         torch.testing.assert_close(out["feature_terms"][term][0], direct[term][0])

@@ -1,0 +1,39 @@
+"""Two CPU processes (gloo) give the same student and the same logged losses as one process, same global batch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
+
+
+def run(output_dir, nproc, per_device_batch, mode):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, WORKER]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(29500 + os.getpid() % 1000), WORKER]
+    result = subprocess.run(cmd + [str(output_dir), str(per_device_batch), mode], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = torch.load(os.path.join(output_dir, "final.pt"))
+    logs = json.load(open(os.path.join(output_dir, "log.json")))
+    return state, logs
+
+
+@pytest.mark.parametrize("mode", ["logits", "features"])
+def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mode):
+    single, single_logs = run(tmp_path / "one", 1, 8, mode)
+    double, double_logs = run(tmp_path / "two", 2, 4, mode)
+    assert single.keys() == double.keys()
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], atol=5e-6, rtol=1e-5, msg=name)
+    for a, b in zip(single_logs, double_logs):
+        for key in ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), key
