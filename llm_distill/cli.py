@@ -65,7 +65,8 @@ def _build_student(recipe, args, task: str, teacher):
     if peft_spec:
         from .student import apply_lora
 
-        student = apply_lora(student, **peft_spec)
+        lora = {k: v for k, v in peft_spec.items() if k != "merge"}
+        student = apply_lora(student, **lora)
     return student
 
 
@@ -121,12 +122,28 @@ def run_train(recipe) -> dict:
             logger.warning("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
+    if (recipe.student.get("peft") or {}).get("merge"):
+        merged_dir = save_merged(trainer, os.path.join(args.output_dir, "merged"))
+        logger.info("merged LoRA student written to %s", merged_dir)
     metrics = {}
     if eval_ds is not None:
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
     return metrics
+
+
+def save_merged(trainer, output_dir: str) -> str:
+    """Fold LoRA adapters into the base weights and save a plain model that loads without peft."""
+    import copy
+
+    if not trainer.args.should_save:
+        return output_dir
+    merged = copy.deepcopy(trainer.student).merge_and_unload()
+    merged.save_pretrained(output_dir)
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(output_dir)
+    return output_dir
 
 
 def cmd_finetune(argv: list[str]) -> int:
