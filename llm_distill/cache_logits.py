@@ -22,7 +22,7 @@ from torch import nn
 
 from .logit_store import DTYPES, MODES, TASKS, counted_mask, first_attended
 from .losses.divergences import LOG_FLOOR
-from .store_fingerprint import make_fingerprint
+from .store_fingerprint import hash_dataset, make_fingerprint
 from .store_writer import StoreWriter
 from .teacher import LiveTeacher
 
@@ -149,8 +149,8 @@ def cache_logits(
         shard_size: dataset rows per shard; the unit of resumption.
         dtype: float16 | bfloat16 | float32 for stored log-probabilities.
         task: causal_lm | masked_lm | sequence_classification (decides which positions are counted).
-        teacher_id, tokenizer (or tokenizer_hash), dataset_fingerprint (default: ``dataset._fingerprint``),
-            max_length: recorded in the fingerprint that readers check.
+        teacher_id, tokenizer (or tokenizer_hash), dataset_fingerprint (default: ``hash_dataset(dataset)``, a
+            content hash of sample_id/input_ids/labels), max_length: recorded in the fingerprint readers check.
         accelerator: an ``accelerate.Accelerator`` (or None: torch.distributed if initialised, else 1 process).
         seed: base seed of the sampled mode (each sample draws from its own generator).
         overwrite: replace a store of another fingerprint in ``output_dir`` instead of refusing.
@@ -172,9 +172,8 @@ def cache_logits(
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size={shard_size} and batch_size={batch_size} must be >= 1")
     if dataset_fingerprint is None:
-        dataset_fingerprint = getattr(dataset, "_fingerprint", None)
-        if dataset_fingerprint is None:
-            raise ValueError("dataset_fingerprint is required when the dataset is not a datasets.Dataset")
+        # Content hash of sample_id/input_ids/labels: what the trainer can recompute from its own dataset.
+        dataset_fingerprint = hash_dataset(dataset)
     if tokenizer is None and tokenizer_hash is None:
         raise ValueError("pass tokenizer (or tokenizer_hash): the store records which vocabulary its ids belong to")
 

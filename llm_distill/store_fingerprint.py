@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,7 +89,8 @@ def hash_state_dict(
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         flat = t.detach().reshape(-1)
         if not full and flat.numel() > samples_per_tensor:
-            idx = torch.linspace(0, flat.numel() - 1, samples_per_tensor, device=flat.device).round().long()
+            # Integer arithmetic: a float linspace rounds past the last index for tensors above 2**24 elements.
+            idx = torch.arange(samples_per_tensor, device=flat.device) * (flat.numel() - 1) // (samples_per_tensor - 1)
             flat = flat[idx]
         h.update(_tensor_bytes(flat))
     return ("full:" if full else f"sampled{samples_per_tensor}:") + h.hexdigest()
@@ -108,6 +110,51 @@ def hash_sample_ids(sample_ids: Iterable[int]) -> str:
     """Order-independent sha256 of a set of int64 sample ids."""
     ids = torch.as_tensor(list(sample_ids) if not isinstance(sample_ids, torch.Tensor) else sample_ids)
     return hashlib.sha256(_tensor_bytes(ids.to(torch.int64).sort().values)).hexdigest()
+
+
+def hash_dataset(dataset, columns: Sequence[str] = ("sample_id", "input_ids", "labels")) -> str:
+    """sha256 of a tokenized dataset's content: the given columns of every row, in order.
+
+    A content hash rather than ``datasets.Dataset._fingerprint``: that one is random whenever a ``map`` function
+    cannot be hashed, so two identical preprocessing runs could disagree. Missing columns (e.g. labels of an
+    unlabelled set) are skipped, and named in the hash so that skipping is not silent. Reads every token once.
+    """
+    present = list(getattr(dataset, "column_names", None) or (dataset[0].keys() if len(dataset) else []))
+    cols = [c for c in columns if c in present]
+    h = hashlib.sha256(("columns:" + ",".join(cols) + f"|rows:{len(dataset)}|").encode())
+    if hasattr(dataset, "with_format"):  # datasets.Dataset: arrow batches, no per-row Python decoding
+        for table in dataset.select_columns(cols).with_format("arrow").iter(batch_size=1024):
+            per_col = [_arrow_rows(table.column(c)) for c in cols]
+            for row in zip(*per_col):
+                h.update(b"".join(row))
+        return h.hexdigest()
+    for row in dataset:
+        for c in cols:
+            value = row[c]
+            value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value
+            arr = np.asarray(value, dtype=np.int64).reshape(-1)
+            h.update(np.int64(arr.size).tobytes() + arr.tobytes())
+    return h.hexdigest()
+
+
+def _arrow_rows(column) -> list[bytes]:
+    """Per row: length and int64 values of a (possibly list-typed) arrow column, the same bytes as the
+    row-by-row path above."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    else:
+        lengths = np.ones(len(column), dtype=np.int64)
+        values = column.to_numpy(zero_copy_only=False).astype(np.int64)
+    out, start = [], 0
+    for n in lengths.tolist():
+        out.append(np.int64(n).tobytes() + values[start : start + n].tobytes())
+        start += n
+    return out
 
 
 def make_fingerprint(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from _store_helpers import VOCAB, CrashAfter, Counting, collate, left_collate, make_rows, tiny_llama, tiny_tokenizer
+from _store_helpers import VOCAB, Counting, CrashAfter, collate, left_collate, make_rows, tiny_llama, tiny_tokenizer
 
 from llm_distill.cache_logits import cache_logits
 from llm_distill.logit_store import CorruptShardError, LogitStore, LogitStoreError, counted_mask
@@ -43,8 +43,17 @@ def rows():
 
 
 def write(tmp: Path, teacher, tokenizer, rows, collator=collate, **kw) -> Path:
-    args = dict(k=8, temperature=2.0, batch_size=3, shard_size=4, dtype="float16", teacher_id="tiny-llama",
-                tokenizer=tokenizer, dataset_fingerprint="rows-v1", max_length=16)
+    args = dict(
+        k=8,
+        temperature=2.0,
+        batch_size=3,
+        shard_size=4,
+        dtype="float16",
+        teacher_id="tiny-llama",
+        tokenizer=tokenizer,
+        dataset_fingerprint="rows-v1",
+        max_length=16,
+    )
     args.update(kw)
     return cache_logits(teacher, rows, collator, output_dir=tmp, **args)
 
@@ -119,12 +128,22 @@ def test_every_fingerprint_field_mismatch_is_refused(store_dir, field):
 
 
 def test_temperature_message_and_matching_fingerprint_accepted(store_dir, teacher, tokenizer, rows):
-    run = make_fingerprint(teacher_id="tiny-llama", teacher=teacher, tokenizer=tokenizer,
-                           dataset_fingerprint="rows-v1", sample_ids=[r["sample_id"] for r in rows], max_length=16,
-                           temperature=2.0, task="causal_lm")
+    run = make_fingerprint(
+        teacher_id="tiny-llama",
+        teacher=teacher,
+        tokenizer=tokenizer,
+        dataset_fingerprint="rows-v1",
+        sample_ids=[r["sample_id"] for r in rows],
+        max_length=16,
+        temperature=2.0,
+        task="causal_lm",
+    )
     CachedTeacher(store_dir, expected=run)  # the same run: accepted
-    with pytest.raises(FingerprintMismatchError, match=r"temperature=2\.0 but this run uses temperature=1\.0.*"
-                       r"re-run cache-logits at temperature=1\.0"):
+    with pytest.raises(
+        FingerprintMismatchError,
+        match=r"temperature=2\.0 but this run uses temperature=1\.0.*"
+        r"re-run cache-logits at temperature=1\.0",
+    ):
         LogitStore(store_dir, expected=dict(run, temperature=1.0))
 
 
@@ -244,8 +263,16 @@ def test_sequence_classification_store(tmp_path, tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, num_labels=3, pad_token_id=1)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_labels=3,
+        pad_token_id=1,
+    )
     model = LlamaForSequenceClassification(cfg).eval()
     rows = [dict(r, labels=[0]) for r in make_rows(6)]
 
@@ -261,3 +288,46 @@ def test_sequence_classification_store(tmp_path, tokenizer):
     lp = F.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits / 2.0, -1)
     torch.testing.assert_close(out.logprobs, lp.gather(-1, out.ids).detach(), atol=2e-3, rtol=2e-3)
     assert (out.tail_logprobs == LOG_FLOOR).all()  # k = num_labels: nothing left over
+
+
+def test_dataset_content_hash_and_large_tensor_hash():
+    from datasets import Dataset
+
+    from llm_distill.store_fingerprint import hash_dataset
+
+    rows = make_rows(20)
+    assert hash_dataset(rows) == hash_dataset(Dataset.from_list(rows))  # arrow path == row path
+    edited = make_rows(20)
+    edited[7]["labels"][-1] = -100
+    assert hash_dataset(edited) != hash_dataset(rows)
+    # More elements than a float32 index can address exactly: sampled positions must stay in range.
+    big = {"w": torch.arange(2**24 + 5, dtype=torch.int32)}
+    assert hash_state_dict(big).startswith("sampled")
+
+
+def test_masked_lm_counts_labelled_positions_only(tmp_path, tokenizer):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+    )
+    model = BertForMaskedLM(cfg).eval()
+    rows = make_rows(6)
+    for r in rows:  # MLM labels: only every third token is a prediction target
+        r["labels"] = [t if i % 3 == 0 else -100 for i, t in enumerate(r["input_ids"])]
+    store = write(tmp_path, model, tokenizer, rows, task="masked_lm", k=5)
+    assert LogitStore(store).manifest["num_rows"] == sum(len(r["input_ids"][::3]) for r in rows)
+    batch = collate(rows[:3])
+    out = CachedTeacher(store)(batch).sparse
+    mask = batch["labels"] != -100
+    with torch.no_grad():
+        lp = F.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits / 2, -1)
+    top_lp, top_id = lp.topk(5, dim=-1)
+    assert torch.equal(out.ids[mask], top_id[mask]) and (out.ids[~mask] == 0).all()
+    torch.testing.assert_close(out.logprobs[mask], top_lp[mask], atol=2e-2, rtol=2e-3)
