@@ -65,21 +65,39 @@ def loss_and_grad(student: torch.Tensor, fn) -> tuple[float, torch.Tensor]:
     z = student.clone().requires_grad_()
     loss = fn(z)
     loss.backward()
-    return float(loss), z.grad
+    return float(loss.detach()), z.grad
 
 
-def errors(student, teacher_logits, targets_fn, temperature, chunk=128) -> tuple[float, float]:
-    """Relative loss and gradient error of sparse targets vs dense, accumulated over row chunks."""
-    l_d = l_s = g_diff = g_ref = 0.0
+def chunked(student, fn, chunk=128) -> tuple[float, list[torch.Tensor]]:
+    """Loss summed over row chunks of ``student`` and the gradient per chunk; fn(z_chunk, start) -> loss."""
+    total, grads = 0.0, []
     for a in range(0, student.shape[0], chunk):
-        zs, zt = student[a : a + chunk], teacher_logits[a : a + chunk]
-        tg = targets_fn(zt, a)
-        ld, gd = loss_and_grad(zs, lambda z, zt=zt: divergence(z, zt, temperature=temperature, reduction="sum"))
-        ls, gs = loss_and_grad(zs, lambda z, tg=tg: sparse_divergence(z, tg, temperature=temperature, reduction="sum"))
-        l_d, l_s = l_d + ld, l_s + ls
-        g_diff += float((gs - gd).pow(2).sum())
-        g_ref += float(gd.pow(2).sum())
-    return abs(l_s - l_d) / l_d, (g_diff / g_ref) ** 0.5
+        loss, grad = loss_and_grad(student[a : a + chunk], lambda z, a=a: fn(z, a))
+        total += loss
+        grads.append(grad)
+    return total, grads
+
+
+def dense_reference(student, teacher_logits, temperature, chunk=128):
+    return chunked(
+        student,
+        lambda z, a: divergence(z, teacher_logits[a : a + z.shape[0]], temperature=temperature, reduction="sum"),
+        chunk,
+    )
+
+
+def errors(student, teacher_logits, targets_fn, temperature, reference, chunk=128) -> tuple[float, float]:
+    """Relative loss and gradient error of sparse targets vs the dense ``reference`` (loss, per-chunk grads)."""
+
+    def sparse(z, a):
+        targets = targets_fn(teacher_logits[a : a + z.shape[0]], a)
+        return sparse_divergence(z, targets, temperature=temperature, reduction="sum")
+
+    l_s, g_s = chunked(student, sparse, chunk)
+    l_d, g_d = reference
+    diff = sum(float((s - d).pow(2).sum()) for s, d in zip(g_s, g_d))
+    ref = sum(float(d.pow(2).sum()) for d in g_d)
+    return abs(l_s - l_d) / l_d, (diff / ref) ** 0.5
 
 
 def stored_slices(cached: SparseTargets):
@@ -130,6 +148,7 @@ def main() -> None:
         "vocab": vocab,
         "tokens": z_t.shape[0],
         "size": [],
+        "tail_mass": [],
         "topk": [],
         "sampled": [],
     }
@@ -144,6 +163,10 @@ def main() -> None:
             max_length=args.seq_len,
         )
         for temperature in args.temperatures:
+            refs = {name: dense_reference(z_s, z_t, temperature) for name, z_s in students.items()}
+            for name, (loss, _) in refs.items():
+                results.setdefault("dense_loss_per_token", {})[f"{name}@T={temperature}"] = loss / z_t.shape[0]
+                print(f"T={temperature} student={name}: dense forward KL*T^2 per token = {loss / z_t.shape[0]:.4f}")
             for k in args.ks:
                 out = cache_logits(
                     model,
@@ -157,6 +180,10 @@ def main() -> None:
                 )
                 store = LogitStore(out)
                 cached = CachedTeacher(store)(batch).sparse.map(lambda t: t[:, :-1].reshape(-1, *t.shape[2:]))
+                # Teacher mass outside the top-k: what the single tail class stands for.
+                tail_mass = float(cached.tail_logprobs.float().exp().mean())
+                results["tail_mass"].append({"T": temperature, "k": k, "mean_tail_mass": tail_mass})
+                print(f"T={temperature} top-{k}: mean teacher tail mass {tail_mass:.3f}", flush=True)
                 if temperature == args.temperatures[0]:
                     per_tok = store.manifest["bytes"] / store.manifest["num_rows"]
                     for v in VOCABS:
@@ -171,7 +198,8 @@ def main() -> None:
                             }
                         )
                 for name, z_s in students.items():
-                    le, ge = errors(z_s, z_t, stored_slices(cached), temperature)
+                    le, ge = errors(z_s, z_t, stored_slices(cached), temperature, refs[name])
+                    print(f"T={temperature} top-{k} {name}: loss err {le:.2%} grad err {ge:.2%}", flush=True)
                     results["topk"].append(
                         {"T": temperature, "k": k, "student": name, "loss_rel_err": le, "grad_rel_err": ge}
                     )
@@ -180,9 +208,10 @@ def main() -> None:
                     errs = []
                     for seed in range(args.seeds):
                         gen = torch.Generator().manual_seed(1000 + seed)
-                        errs.append(errors(z_s, z_t, fresh_samples(n, temperature, gen), temperature))
+                        errs.append(errors(z_s, z_t, fresh_samples(n, temperature, gen), temperature, refs[name]))
                     le = sum(e[0] for e in errs) / len(errs)
                     ge = sum(e[1] for e in errs) / len(errs)
+                    print(f"T={temperature} sampled-{n} {name}: loss err {le:.2%} grad err {ge:.2%}", flush=True)
                     results["sampled"].append(
                         {
                             "T": temperature,
@@ -227,6 +256,9 @@ def main() -> None:
             f"{r['kind']:>20} {r['vocab']:>6} {r['bytes_per_token']:>9.1f} {r['dense_fp16_bytes']:>11} "
             f"{r['ratio']:>9.0f}x"
         )
+    print("\nMean teacher probability mass outside the top-k")
+    for r in results["tail_mass"]:
+        print(f"  T={r['T']} top-{r['k']}: {r['mean_tail_mass']:.3f}")
     print("\nForward KL * T^2 vs dense: relative error of the loss and of its gradient w.r.t. student logits")
     print(f"{'targets':>12} {'T':>4} {'student':>8} {'loss err':>9} {'grad err':>9}")
     for r in results["topk"]:

@@ -318,7 +318,7 @@ def _compute_shard(
     if mode == "topk":
         tensors["tail_logprobs"] = torch.cat([t.cpu() for t in extra]).to(dtype)
     else:
-        counts = torch.cat([t.cpu() for t in extra]).to(torch.int32)
+        counts = torch.cat([t.cpu() for t in extra]).to(torch.int16)  # num_samples <= 32767
         # Trim the padding shared by every row of the shard: the width is the most unique ids any row drew.
         width = max(1, int((counts > 0).sum(-1).max())) if counts.numel() else 1
         tensors["ids"], tensors["logprobs"] = tensors["ids"][:, :width], tensors["logprobs"][:, :width]

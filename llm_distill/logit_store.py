@@ -16,7 +16,7 @@ A shard is a safetensors file holding, for its N samples and their R counted row
     ids             int32 (R, w)    top-k ids (sorted by probability) or the unique sampled ids
     logprobs        dtype (R, w)    teacher log-softmax(z / T) at those ids (dtype: float16 | bfloat16 | float32)
     tail_logprobs   dtype (R,)      top-k only: log(1 - sum of the top-k probabilities), floored at LOG_FLOOR
-    counts          int32 (R, w)    sampled only: how often each id was drawn (weights = counts / num_draws)
+    counts          int16 (R, w)    sampled only: how often each id was drawn (weights = counts / num_draws)
 
 Counted rows follow the trainer's mask: causal LM, position t where labels[t+1] != -100 (logits at t predict
 token t+1); masked LM, labels[t] != -100; sequence classification, one row per sample at position 0.
