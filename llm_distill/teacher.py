@@ -111,6 +111,16 @@ class CachedTeacher:
     ids any row of the batch drew). Uncounted entries hold id 0, log-probabilities LOG_FLOOR and (top-k) tail
     LOG_FLOOR or (sampled) weight 0; the trainer masks them out. Values are fp32.
 
+    Typical use in a trainer (the run states what it expects; fields it leaves ``None`` are not checked)::
+
+        expected = make_fingerprint(teacher_id=args.teacher_model_name_or_path, tokenizer=tokenizer,
+                                    dataset_fingerprint=hash_dataset(train_dataset), task="causal_lm",
+                                    max_length=args.max_length, temperature=args.temperature)
+        teacher = CachedTeacher(args.teacher_logits_path, expected=expected)
+        targets = teacher(batch).sparse
+        loss = sparse_divergence(student_logits, targets, kind=..., temperature=args.temperature,
+                                 mask=counted_mask(batch, "causal_lm"), reduction="sum")
+
     Args:
         store: a ``LogitStore`` or the store directory.
         expected: fingerprint the run requires (see ``store_fingerprint.make_fingerprint``); checked on open.
