@@ -178,6 +178,8 @@ def cache_logits(
         raise ValueError("pass tokenizer (or tokenizer_hash): the store records which vocabulary its ids belong to")
 
     rank, world, barrier = _distributed(accelerator)
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty; there is nothing to cache")
     sample_ids = _column(dataset, "sample_id")
     if len(set(sample_ids)) != len(sample_ids):
         raise ValueError("sample_id values are not unique; the store looks rows up by sample_id")
