@@ -39,6 +39,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from .store_fingerprint import compare_fingerprints
+from .tasks import targets
 
 FORMAT = "llm_distill.logit_store"
 FORMAT_VERSION = 1
@@ -67,21 +68,16 @@ def rank_manifest_name(rank: int) -> str:
 def counted_mask(batch: Mapping, task: str) -> torch.Tensor:
     """Bool mask of the positions that carry a target, shaped like the student's logits' leading dims.
 
-    ``(B, S)`` for token tasks (causal LM: shifted like the CE loss, the last position never counts), ``(B,)``
-    all True for sequence classification.
+    Token tasks use ``tasks.targets`` (the one definition the trainer uses too); for sequence classification every
+    row is stored, labelled or not, so the mask is all True ``(B,)``.
     """
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; expected one of {', '.join(TASKS)}")
     if task == "sequence_classification":
         return torch.ones(batch["input_ids"].shape[0], dtype=torch.bool, device=batch["input_ids"].device)
-    labels = batch.get("labels")
-    if labels is None:
+    if batch.get("labels") is None:
         raise ValueError(f"task={task!r} needs a 'labels' column (-100 where a token does not count) in the batch")
-    if task == "masked_lm":
-        return labels != -100
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != -100
-    return mask
+    return targets(dict(batch), task)[0]
 
 
 def first_attended(batch: Mapping) -> torch.Tensor:

@@ -15,6 +15,7 @@ from _store_helpers import VOCAB, Counting, CrashAfter, collate, left_collate, m
 from llm_distill.cache_logits import cache_logits
 from llm_distill.logit_store import CorruptShardError, LogitStore, LogitStoreError, counted_mask
 from llm_distill.losses import divergence, sparse_divergence
+from llm_distill.losses.divergences import LOG_FLOOR  # noqa: E402
 from llm_distill.store_fingerprint import (
     FINGERPRINT_FIELDS,
     FingerprintMismatchError,
@@ -23,8 +24,6 @@ from llm_distill.store_fingerprint import (
     make_fingerprint,
 )
 from llm_distill.teacher import CachedTeacher, LiveTeacher
-
-LOG_FLOOR = -1.0e4
 
 
 @pytest.fixture(scope="module")
