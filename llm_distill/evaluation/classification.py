@@ -104,9 +104,7 @@ def evaluate_classifier(
     )
     preds = logits.argmax(-1).tolist()
     result = classification_metrics(preds, labels, num_classes=model.config.num_labels)
-    result.update(
-        num_examples=len(labels), num_labels=model.config.num_labels, seconds=time.perf_counter() - start
-    )
+    result.update(num_examples=len(labels), num_labels=model.config.num_labels, seconds=time.perf_counter() - start)
     return result
 
 
@@ -116,9 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="local .json/.jsonl/.csv/.tsv/.parquet file or a hub dataset id")
     p.add_argument("--dataset-config", default=None, help="hub dataset config name, e.g. sst2 for glue")
     p.add_argument("--split", default="validation", help="split of a hub dataset (ignored for a single file)")
-    p.add_argument(
-        "--text-column", nargs="+", default=["sentence"], help="one text column, or two for sentence pairs"
-    )
+    p.add_argument("--text-column", nargs="+", default=["sentence"], help="one text column, or two for sentence pairs")
     p.add_argument("--label-column", default="label")
     p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")

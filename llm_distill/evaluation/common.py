@@ -10,7 +10,14 @@ from typing import Any
 import torch
 
 # Local file suffix -> `datasets` builder name. Anything else is taken to be a hub dataset id.
-LOCAL_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text", ".parquet": "parquet"}
+LOCAL_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "text",
+    ".parquet": "parquet",
+}
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REPORT_DIGITS = 4
 
@@ -145,5 +152,5 @@ def add_common_args(parser, *, device: bool = True, batch_size: int = 16) -> Non
     if device:
         parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (default)")
         parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="model dtype (default float32)")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"examples per forward (default {batch_size})")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"per forward (default {batch_size})")
     parser.add_argument("--output", default=None, help="write the result as JSON to this file")

@@ -112,7 +112,8 @@ def strided_nll(
     total, counted = 0.0, 0
     for start in tqdm(range(0, len(windows), batch_size), desc=desc or "perplexity", unit="batch"):
         batch = window_batch(ids, windows[start : start + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
+        logits = model(**inputs).logits
         shifted = batch["labels"][:, 1:].to(device)
         total += float(hard_ce(logits[:, :-1], shifted, reduction="sum"))
         counted += int((shifted != -100).sum())
