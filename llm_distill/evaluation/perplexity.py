@@ -35,11 +35,16 @@ class Window:
 
 
 def strided_windows(num_tokens: int, max_length: int, stride: int) -> list[Window]:
-    """Windows covering ``num_tokens`` tokens so that each token after the first is a target exactly once."""
+    """Windows covering ``num_tokens`` tokens so that each token after the first is a target exactly once, with
+    at least ``max_length - stride`` tokens of context (except in the first window)."""
     if max_length < 2:
         raise ValueError(f"max_length={max_length} must be >= 2 (a window needs a context token and a target)")
-    if not 1 <= stride <= max_length:
-        raise ValueError(f"stride={stride} must be in [1, max_length={max_length}]")
+    if not 1 <= stride < max_length:
+        # stride == max_length would start each window on a new token with no context; the shift would drop it
+        # and that token would never be scored.
+        raise ValueError(
+            f"stride={stride} must be in [1, max_length={max_length}); use max_length - 1 for (almost) no overlap"
+        )
     windows: list[Window] = []
     prev_end = 0
     for begin in range(0, num_tokens, stride):
