@@ -10,6 +10,15 @@ from llm_distill.evaluation import agreement, classification
 from llm_distill.evaluation.metrics import classification_metrics
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny models on a shared 2-core machine: thread hand-offs cost more than they save (observed 10x slower).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def manual_forward_kl(t_logits, s_logits):
     """KL(p_T‖p_S) per row, written out: Σ p_T (log p_T − log p_S)."""
     log_p, log_q = t_logits.double().log_softmax(-1), s_logits.double().log_softmax(-1)

@@ -40,6 +40,15 @@ def setup(tmp_path_factory):
     return {"data": str(data), "model": model_dir, "root": root}
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny models on a shared 2-core machine: thread hand-offs cost more than they save (observed 10x slower).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _loglik(model, tok, context: str, continuation: str) -> float:
     ctx = tok(context, add_special_tokens=False)["input_ids"]
     whole = tok(context + continuation, add_special_tokens=False)["input_ids"]

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from _eval_tiny import save, tiny_bert_classifier, tiny_llama, tiny_tokenizer, write_sst2_like
 
 from llm_distill.evaluation import compare
@@ -10,6 +11,15 @@ from llm_distill.evaluation.curves import find_trainer_state, read_curves
 from llm_distill.evaluation.report import retained_pct
 
 FAST_TIMING = {"timing_examples": 3, "timing_batch_size": 2, "warmup": 1, "repeats": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tiny models on a shared 2-core machine: thread hand-offs cost more than they save (observed 10x slower).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _md_table(md: str, first_header: str) -> tuple[list[str], list[list[str]]]:
