@@ -113,6 +113,21 @@ def test_agreement_hand_computed():
     assert out["num_counted"] == 3
 
 
+def test_agreement_chunking_matches_one_pass(monkeypatch):
+    torch.manual_seed(0)
+    s, t = torch.randn(50, 12) * 3, torch.randn(50, 12) * 3
+    targets = torch.randint(0, 12, (50,))
+    whole = AgreementAccumulator()
+    whole.update(s, t, targets)
+    monkeypatch.setattr(AgreementAccumulator, "chunk_elements", 12 * 7)  # 7 rows per chunk
+    chunked = AgreementAccumulator()
+    chunked.update(s, t, targets)
+    a, b = whole.compute(), chunked.compute()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+
+
 def test_agreement_top5_is_none_for_few_classes():
     acc = AgreementAccumulator()
     acc.update(torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([1]))

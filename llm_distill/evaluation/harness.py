@@ -72,7 +72,8 @@ def run_harness(
     from lm_eval.models.huggingface import HFLM
 
     manager = task_manager(include_path, data_dir, include_defaults)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
+    # Names may be tasks, groups or tags; a path to a task YAML is passed through to lm-eval as is.
+    unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
     if unknown:
         local = sorted(n for n in manager.all_tasks if n.endswith("_local"))
         raise ValueError(f"unknown lm-eval task(s) {unknown}; local tasks available: {local}")

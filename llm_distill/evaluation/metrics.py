@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..losses.divergences import divergence
+from ..losses.divergences import divergence_from_logprobs
 
 
 def _as_int_list(values: Sequence[int] | torch.Tensor, name: str) -> list[int]:
@@ -119,6 +119,10 @@ class CalibrationBins:
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         """probs: ``(N, C)`` probabilities; targets: ``(N,)`` int64 true classes/tokens."""
         conf, pred = probs.float().max(dim=-1)
+        self.update_confidence(conf, pred, targets)
+
+    def update_confidence(self, conf: torch.Tensor, pred: torch.Tensor, targets: torch.Tensor) -> None:
+        """conf: ``(N,)`` max probability; pred: ``(N,)`` argmax; targets: ``(N,)`` true classes/tokens."""
         conf = conf.double().cpu()
         correct = (pred.cpu() == targets.cpu()).double()
         idx = (torch.ceil(conf * self.n_bins) - 1).clamp(0, self.n_bins - 1).long()
@@ -154,6 +158,8 @@ class AgreementAccumulator:
     - ``accuracy_teacher`` / ``accuracy_student``: top-1 accuracy against the true targets.
     """
 
+    chunk_elements = 8_000_000  # logits per processing chunk (rows = chunk_elements // C)
+
     def __init__(self, n_bins: int = 15, top_k: int = 5):
         self.top_k = top_k
         self.kl_sum = 0.0
@@ -177,19 +183,27 @@ class AgreementAccumulator:
         if student_logits.shape[0] == 0:
             return
         self.num_classes = student_logits.shape[-1]
-        s, t = student_logits.float(), teacher_logits.float()
-        self.kl_sum += float(divergence(s, t, kind="forward_kl", temperature=1.0, reduction="sum"))
-        self.count += s.shape[0]
-        t_top1 = t.argmax(-1)
-        s_top1 = s.argmax(-1)
+        targets = targets.to(student_logits.device)
+        # Rows in chunks: with a 50k-150k vocabulary, a few fp32 (rows, V) temporaries per chunk stay ~32 MB each.
+        rows = max(1, self.chunk_elements // self.num_classes)
+        for i in range(0, student_logits.shape[0], rows):
+            self._update_chunk(student_logits[i : i + rows], teacher_logits[i : i + rows], targets[i : i + rows])
+
+    def _update_chunk(self, s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tensor) -> None:
+        ls = F.log_softmax(s_logits.float(), dim=-1)
+        lt = F.log_softmax(t_logits.float(), dim=-1)
+        self.kl_sum += float(divergence_from_logprobs(ls, lt, kind="forward_kl").sum())
+        self.count += ls.shape[0]
+        t_max, t_top1 = lt.max(-1)
+        s_max, s_top1 = ls.max(-1)
         self.top1 += int((t_top1 == s_top1).sum())
-        k = min(self.top_k, s.shape[-1])
-        self.topk += int((s.topk(k, dim=-1).indices == t_top1.unsqueeze(-1)).any(-1).sum())
-        targets = targets.to(s.device)
+        k = min(self.top_k, ls.shape[-1])
+        self.topk += int((ls.topk(k, dim=-1).indices == t_top1.unsqueeze(-1)).any(-1).sum())
         self.correct_teacher += int((t_top1 == targets).sum())
         self.correct_student += int((s_top1 == targets).sum())
-        self.bins_teacher.update(F.softmax(t, dim=-1), targets)
-        self.bins_student.update(F.softmax(s, dim=-1), targets)
+        # Confidence = max probability = exp(max log-probability); no softmax copy needed.
+        self.bins_teacher.update_confidence(t_max.exp(), t_top1, targets)
+        self.bins_student.update_confidence(s_max.exp(), s_top1, targets)
 
     def compute(self) -> dict[str, float | int | None]:
         if self.count == 0:

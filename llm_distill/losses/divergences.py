@@ -90,7 +90,9 @@ def reduce_tokens(per_token: torch.Tensor, mask: torch.Tensor | None, reduction:
         raise ValueError(f"reduction={reduction!r} is not supported; expected one of {', '.join(REDUCTIONS)}")
     if mask is not None:
         if mask.shape != per_token.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the loss has leading dims {tuple(per_token.shape)}")
+            raise ValueError(
+                f"mask has shape {tuple(mask.shape)} but the loss has leading dims {tuple(per_token.shape)}"
+            )
         # where() rather than multiply: a NaN/inf at an uncounted position must not leak into the sum.
         per_token = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))
     if reduction == "none":
