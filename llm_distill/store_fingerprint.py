@@ -234,3 +234,22 @@ def compare_fingerprints(stored: Mapping, expected: Mapping, *, where: str = "lo
             raise FingerprintMismatchError(
                 f"{where} was written with {field}={old!r} but this run uses {field}={run!r}; {hint}", field, old, run
             )
+
+
+def store_dataset(train_dataset, eval_dataset=None):
+    """The rows a recipe's store holds: training rows, then evaluation rows (sample ids never collide)."""
+    if eval_dataset is None:
+        return train_dataset
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets([train_dataset, eval_dataset])
+
+
+def expected_store_fingerprint(args, task: str, tokenizer, train_dataset, eval_dataset=None) -> dict:
+    """What a training run requires of its logit store: teacher id (when named), tokenizer, task, temperature and
+    the content of the rows it will look up."""
+    rows = None
+    if train_dataset is not None and hasattr(train_dataset, "column_names"):
+        rows = hash_dataset(store_dataset(train_dataset, eval_dataset))
+    return make_fingerprint(teacher_id=args.teacher_model_name_or_path, tokenizer=tokenizer, task=task,
+                            temperature=args.temperature, dataset_fingerprint=rows)

@@ -20,7 +20,8 @@ from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature
 from .losses import divergence, hard_ce, sparse_divergence
 from .model_card import write_model_card
 from .tasks import infer_task, load_model, real_token_mask, targets
-from .teacher import LiveTeacher, TeacherOutputs, model_inputs
+from .store_fingerprint import expected_store_fingerprint
+from .teacher import CachedTeacher, LiveTeacher, TeacherOutputs, model_inputs
 
 METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
@@ -68,7 +69,7 @@ class DistillationTrainer(Trainer):
                 raise ValueError(f"model={model!r} is a name; set task so the right Auto class loads it")
             model = load_model(model, args.task)
         self.task = args.task if args.task != "auto" else infer_task(model)
-        self.teacher = self._build_teacher(teacher_model, args, model)
+        self.teacher = self._build_teacher(teacher_model, args, model, processing_class, train_dataset, eval_dataset)
         self.features: FeatureDistiller | None = None
         if args.uses_features:
             model = self._wrap_with_features(model, args)
@@ -93,9 +94,18 @@ class DistillationTrainer(Trainer):
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
-    def _build_teacher(self, teacher_model, args: DistillationConfig, student):
+    def _build_teacher(self, teacher_model, args: DistillationConfig, student, tokenizer, train_dataset,
+                       eval_dataset):
+        if args.teacher_logits_path:
+            if teacher_model is not None:
+                raise ValueError("pass either teacher_model or teacher_logits_path, not both")
+            return CachedTeacher(args.teacher_logits_path,
+                                 expected=expected_store_fingerprint(args, self.task, tokenizer, train_dataset,
+                                                                     eval_dataset))
         if teacher_model is None and args.teacher_model_name_or_path is None:
-            raise ValueError("no teacher: pass teacher_model=... or set teacher_model_name_or_path")
+            raise ValueError(
+                "no teacher: pass teacher_model=..., or set teacher_model_name_or_path or teacher_logits_path"
+            )
         if teacher_model is None or isinstance(teacher_model, str):
             name = teacher_model or args.teacher_model_name_or_path
             kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
@@ -123,9 +133,17 @@ class DistillationTrainer(Trainer):
 
     def _shared_vocab_size(self, tokenizer) -> int | None:
         student_config = getattr(self.student, "config", None)
-        return shared_vocab_size(self.teacher.config, student_config, tokenizer, self.task)
+        teacher_config = self.teacher.config
+        if isinstance(self.teacher, CachedTeacher):
+            # The store knows the teacher's output width; stand in for the absent model config.
+            from types import SimpleNamespace
+
+            teacher_config = SimpleNamespace(vocab_size=self.teacher.vocab_size, num_labels=self.teacher.vocab_size)
+        return shared_vocab_size(teacher_config, student_config, tokenizer, self.task)
 
     def _place_teacher(self) -> None:
+        if isinstance(self.teacher, CachedTeacher):
+            return  # targets are read from disk onto each batch's device
         # DDP / single device: every process holds a full frozen replica; no wrapper, no gradient sync needed.
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             from .distributed import prepare_teacher
@@ -261,6 +279,8 @@ class DistillationTrainer(Trainer):
     def distillation_metadata(self) -> dict:
         args: DistillationConfig = self.args
         teacher_id = args.teacher_model_name_or_path or getattr(self.teacher.config, "_name_or_path", None)
+        if isinstance(self.teacher, CachedTeacher):
+            teacher_id = self.teacher.store.fingerprint.get("teacher_id")
         return {
             "llm_distill_version": __version__,
             "task": self.task,
