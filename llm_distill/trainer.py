@@ -19,8 +19,8 @@ from .data import DistillationCollator
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from .losses import divergence, hard_ce, sparse_divergence
 from .model_card import write_model_card
-from .tasks import infer_task, load_model, real_token_mask, targets
 from .store_fingerprint import expected_store_fingerprint
+from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import CachedTeacher, LiveTeacher, TeacherOutputs, model_inputs
 
 METADATA_NAME = "distillation.json"
