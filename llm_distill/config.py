@@ -85,7 +85,7 @@ class DistillationConfig(TrainingArguments):
         default="uniform",
         metadata={
             "help": "Student-to-teacher layer pairs for hidden/attention losses: uniform, last, or an explicit "
-            "list [[student, teacher], ...] (0 = embedding output)."
+            "list [[student, teacher], ...] (0 = embedding output, used by the hidden-state loss only)."
         },
     )
     hidden_loss: str = field(default="mse", metadata={"help": f"Hidden-state loss: {', '.join(HIDDEN_LOSSES)}."})

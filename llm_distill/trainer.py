@@ -113,11 +113,15 @@ class DistillationTrainer(Trainer):
         return LiveTeacher(teacher_model)
 
     def _wrap_with_features(self, student, args: DistillationConfig) -> StudentWithFeatures:
+        attention_map = args.layer_map
+        if isinstance(attention_map, list):
+            # The embedding pair (0, 0) feeds the hidden-state loss only: embeddings have no attention map.
+            attention_map = [pair for pair in attention_map if 0 not in pair]
         self.features = FeatureDistiller.from_configs(
             student.config,
             self.teacher.config,
             hidden_map=args.layer_map if args.hidden_weight > 0 else None,
-            attention_map=args.layer_map if args.attention_weight > 0 else None,
+            attention_map=attention_map if args.attention_weight > 0 else None,
             hidden_loss=args.hidden_loss,
             attention_loss=args.attention_loss,
         )

@@ -1,0 +1,96 @@
+"""SST-2 validation accuracy: teacher, TinyBERT-style student (both stages), logit-only KD, labels only.
+
+Every student has the same shape and the same start (4 layers copied from the fine-tuned teacher, layers 1, 3, 4,
+6) and sees the same training rows for the same number of optimizer steps; only the training signal differs.
+
+    python benchmarks/quality_sst2.py                      # all rows (about an hour on 2 CPU cores)
+    python benchmarks/quality_sst2.py --max-samples 2000   # a quicker, smaller subset
+
+Prints a Markdown table and writes benchmarks/results/quality_sst2.json. The teacher comes from
+`llm-distill finetune configs/minilm_sst2_teacher.yaml` (run first if runs/minilm-sst2-teacher is missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VALIDATION = "../shared/data/sst2/validation.jsonl"
+
+
+def accuracy(model_dir: str) -> float:
+    from llm_distill.evaluation.classification import evaluate_classifier
+
+    return evaluate_classifier(model_dir, VALIDATION, text_columns=("sentence",), max_length=64)["accuracy"]
+
+
+def params(model_dir: str) -> int:
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(model_dir).num_parameters()
+
+
+def run(verb: str, recipe: str, overrides: list[str]) -> tuple[float, str]:
+    """Run a CLI verb in this process; returns (wall seconds, the equivalent shell command)."""
+    from llm_distill.cli import main
+
+    argv = [verb, recipe, *overrides]
+    start = time.perf_counter()
+    if main(argv) != 0:
+        raise RuntimeError(f"llm-distill {' '.join(argv)} failed")
+    return time.perf_counter() - start, "llm-distill " + shlex.join(argv)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="runs/minilm-sst2-teacher")
+    parser.add_argument("--out", default="runs/quality_sst2")
+    parser.add_argument("--max-samples", type=int, default=8000, help="training rows (SST-2 train has 67,349)")
+    parser.add_argument("--epochs", type=float, default=1.0, help="epochs per stage")
+    ns = parser.parse_args()
+    os.chdir(ROOT)
+    common = ["--teacher_model_name_or_path", ns.teacher, "--dataset.max_samples", str(ns.max_samples)]
+    stage_epochs = ["--num_train_epochs", str(ns.epochs)]
+    # The single-stage students get as many steps as both TinyBERT stages together.
+    double = ["--num_train_epochs", str(2 * ns.epochs)]
+    student = ["--student.from_teacher", "{num_layers: 4, layer_init: [1, 3, 4, 6]}"]
+    rows = [{"model": "teacher: MiniLM-L6 fine-tuned", "dir": ns.teacher, "seconds": None, "command":
+             "llm-distill finetune configs/minilm_sst2_teacher.yaml"}]
+
+    seconds, cmd = run("train", "configs/tinybert_sst2.yaml",
+                       [*common, *stage_epochs, "--output_dir", f"{ns.out}/tinybert"])
+    rows.append({"model": "student: TinyBERT-style (hidden + attention, then logit KD)",
+                 "dir": f"{ns.out}/tinybert/stage2-prediction", "seconds": seconds, "command": cmd})
+    seconds, cmd = run("train", "configs/bert_sst2_logit_kd.yaml",
+                       [*common, *double, *student, "--output_dir", f"{ns.out}/logit_kd"])
+    rows.append({"model": "student: logit KD + CE", "dir": f"{ns.out}/logit_kd", "seconds": seconds,
+                 "command": cmd})
+    seconds, cmd = run("finetune", "configs/bert_sst2_logit_kd.yaml",
+                       [*common, *double, *student, "--output_dir", f"{ns.out}/labels_only"])
+    rows.append({"model": "student: labels only (no teacher)", "dir": f"{ns.out}/labels_only", "seconds": seconds,
+                 "command": cmd})
+
+    teacher_acc = None
+    for row in rows:
+        row["accuracy"] = accuracy(row["dir"])
+        row["parameters"] = params(row["dir"])
+        teacher_acc = teacher_acc or row["accuracy"]
+        row["retained_pct"] = 100.0 * row["accuracy"] / teacher_acc
+    os.makedirs("benchmarks/results", exist_ok=True)
+    with open("benchmarks/results/quality_sst2.json", "w") as fh:
+        json.dump({"max_samples": ns.max_samples, "epochs_per_stage": ns.epochs, "rows": rows}, fh, indent=2)
+    print(f"\nSST-2 validation (872 sentences); training rows: first {ns.max_samples} of SST-2 train\n")
+    print("| model | params | accuracy | % of teacher | wall time | command |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        wall = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "see teacher recipe"
+        print(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {100 * r['accuracy']:.2f} % | "
+              f"{r['retained_pct']:.1f} % | {wall} | `{r['command']}` |")
+
+
+if __name__ == "__main__":
+    main()
