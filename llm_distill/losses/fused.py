@@ -387,6 +387,11 @@ def _build_problem(
             )
         labels = torch.where(ce_mask, labels, torch.zeros_like(labels)).long()
     if sparse is not None:
+        if sparse.is_sampled and kind != "forward_kl":
+            raise ValueError(
+                f"kind={kind!r} has no unbiased estimator on sampled teacher targets; use kind='forward_kl' or a "
+                "top-k store"
+            )
         if sparse.ids.shape[0] != n:
             raise ValueError(f"sparse_targets.ids has {sparse.ids.shape[0]} rows but student_hidden has {n}")
         sparse = sparse.map(take)
