@@ -300,3 +300,39 @@ def test_memory_never_holds_full_student_logits(source):
     assert math.isfinite(kd.item())
     assert mode.largest <= max(chunk_bytes, v * H * 4), mode.largest
     assert mode.largest * 8 <= n * v * 4  # the dense path would allocate n * v * 4 bytes at least once
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_ce_only_and_bf16_sparse(dtype, temperature):
+    """No teacher: the CE alone (temperature must not touch it); then bf16 parameters against top-k targets."""
+    h, w, b, teacher, labels = make(dtype, seed=15)
+    if dtype == torch.bfloat16:  # see test_bf16_gradients_close_to_fp64_reference for why no bias in bf16
+        b = torch.zeros_like(b).requires_grad_()
+    labels[5:30] = -100
+    tol = 1e-5 if dtype == torch.float32 else 6e-3
+    with torch.no_grad():
+        logits = (h @ w.t() + b).double().requires_grad_()
+    hard_ce(logits, labels, reduction="sum").backward()
+    g_z = logits.grad
+    ref = [g_z @ w.double(), g_z.t() @ h.double(), g_z.sum(0)]
+    kd, ce = fused_distillation_loss(h, w, b, labels=labels, temperature=temperature, chunk_size=6)
+    ce.backward()
+    assert kd.item() == 0.0
+    for g, r in zip(grads(h, w, b), ref):
+        assert rel(g, r) <= tol
+
+    targets = topk_targets(teacher, temperature, 7)
+    mask = labels != -100
+    with torch.no_grad():
+        logits = (h @ w.t() + b).double().requires_grad_()
+    kw = dict(kind="forward_kl", temperature=temperature)
+    (
+        sparse_divergence(logits, targets, mask=mask, reduction="sum", **kw) + hard_ce(logits, labels, reduction="sum")
+    ).backward()
+    g_z = logits.grad
+    ref = [g_z @ w.double(), g_z.t() @ h.double(), g_z.sum(0)]
+    kd, ce = fused_distillation_loss(h, w, b, sparse_targets=targets, labels=labels, chunk_size=6, **kw)
+    (kd + ce).backward()
+    for g, r in zip(grads(h, w, b), ref):
+        assert rel(g, r) <= tol
