@@ -14,9 +14,9 @@ T = 1, sum over tokens):
                      always computes the hard CE as well, with weight 0 here)
 
 Every (case, method) runs in a fresh subprocess: peak extra memory = peak RSS (VmHWM, reset just before) during the
-first forward+backward minus the RSS just before it (inputs already built); the time is the median over the later iterations and over rounds,
-methods interleaved in a rotating order because the machine is shared. The gradient error is relative (Frobenius)
-against an fp64 reference computed chunk by chunk from the same (dtype-rounded) inputs.
+first forward+backward minus the RSS just before it (inputs already built); the time is the median over the later
+iterations and over rounds, methods interleaved in a rotating order because the machine is shared. The gradient error
+is relative (Frobenius) against an fp64 reference computed chunk by chunk from the same (dtype-rounded) inputs.
 Needs ``pip install trl liger-kernel`` (the ``bench`` extra); methods whose package is missing are skipped.
 """
 
@@ -104,7 +104,8 @@ def loss_fn(method: str, c: dict, x: dict, chunk: int):
     if method == "trl_chunked":
         from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 
-        return lambda: ChunkedDivergenceFunction.apply(x["h"], x["w"], None, x["th"], x["tw"], None, beta, 1.0)[0].sum()
+        fn = ChunkedDivergenceFunction.apply
+        return lambda: fn(x["h"], x["w"], None, x["th"], x["tw"], None, beta, 1.0)[0].sum()
     if method == "liger":
         from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 

@@ -196,6 +196,18 @@ def test_live_teacher_with_padded_vocabularies_and_any_loss_combination():
         fused_distillation_loss(h, w, b, teacher_hidden=t_hidden, teacher_weight=t_weight)
 
 
+def test_second_backward_with_retained_graph_recomputes():
+    h, w, b, teacher, labels = make(seed=16)
+    kd, ce = fused_distillation_loss(h, w, b, teacher_logits=teacher, labels=labels, chunk_size=8)
+    loss = (kd + ce) / 7
+    loss.backward(retain_graph=True)
+    once = grads(h, w, b)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for g, o in zip(grads(h, w, b), once):
+        assert rel(g, 2 * o) <= 1e-6
+
+
 def test_all_masked_gives_zero_and_finite_gradients():
     h, w, b, teacher, labels = make(seed=8)
     labels[:] = -100

@@ -55,11 +55,12 @@ class _FusedLoss(torch.autograd.Function):
         c = float(g_ce) if (g_ce is not None and p.has_ce) else 0.0
         kd_w, ce_w = ctx.scales
         factor = _proportional(a, c, kd_w, ce_w)
-        if factor is not None:
-            gh, gw, gb = (None if g is None else g * factor for g in ctx.grads)
+        stored, ctx.grads = ctx.grads, None  # consumed: a second backward (retain_graph) recomputes
+        if factor is not None and stored is not None:
+            # In place: these buffers belong to this node, and a scaled copy would double the V x H peak.
+            gh, gw, gb = (None if g is None else (g if factor == 1.0 else g.mul_(factor)) for g in stored)
         else:
             _, _, gh, gw, gb = fused_pass(p, a, c, ctx.need)
-        ctx.grads = None
         return _expand_hidden_grad(p, gh, ctx.like), gw, gb, None, None, None
 
 

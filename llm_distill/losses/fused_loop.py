@@ -116,7 +116,11 @@ def fused_pass(
     kd_total = torch.zeros((), dtype=torch.float32, device=device)
     ce_total = torch.zeros((), dtype=torch.float32, device=device)
     grad_h = torch.empty(r, hdim, dtype=dtype, device=device) if any_grad and need_h else None
-    grad_w = torch.zeros_like(p.weight) if any_grad and need_w else None
+    # Not zero-filled: the first chunk with a gradient writes it (one V x H pass fewer); padded rows are zeroed.
+    grad_w = torch.empty_like(p.weight) if any_grad and need_w else None
+    grad_w_started = False
+    if grad_w is not None and v < grad_w.shape[0]:
+        grad_w[v:].zero_()
     grad_b = torch.zeros(v, dtype=torch.float32, device=device) if any_grad and need_b and b is not None else None
     bufs = _Buffers(min(p.chunk_size, max(r, 1)), v, device)
     kd_coef = p.t2 * kd_scale / temp  # d/dz of kd_scale * T^2 * L(z / T) = kd_scale * T^2 / T * dL/ds
@@ -211,10 +215,16 @@ def fused_pass(
         if grad_h is not None:
             torch.mm(g, w, out=grad_h[start:end])
         if grad_w is not None:
-            grad_w[:v].addmm_(g.t(), h)
+            if grad_w_started:
+                grad_w[:v].addmm_(g.t(), h)
+            else:
+                torch.mm(g.t(), h, out=grad_w[:v])
+                grad_w_started = True
         if grad_b is not None:
             grad_b += grad.sum(0)
 
+    if grad_w is not None and not grad_w_started:
+        grad_w.zero_()  # no chunk had a gradient (every row masked for the terms being differentiated)
     if grad_b is not None:
         full = torch.zeros_like(p.bias)
         full[:v] = grad_b.to(p.bias.dtype)
