@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from llm_distill.losses import SparseTargets, divergence, hard_ce, sparse_divergence
+from llm_distill.losses import SparseTargets, divergence, fused_loop, hard_ce, sparse_divergence
 from llm_distill.losses.fused import fused_distillation_loss
 
 KINDS = [
@@ -24,6 +24,13 @@ KINDS = [
     ("tvd", 0.5),
 ]
 N, H, V = 45, 16, 61
+
+
+@pytest.fixture(params=["one_block", "3_row_blocks"])
+def blocks(request, monkeypatch):
+    """Element-wise work in one block per chunk, or in 3-row blocks (as a large vocabulary would)."""
+    if request.param == "3_row_blocks":
+        monkeypatch.setattr(fused_loop, "BLOCK_ELEMENTS", 3 * V)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -62,7 +69,7 @@ def dense(h, w, b, teacher, labels, mask, kd_w, ce_w, upcast=False, **kw):
 @pytest.mark.parametrize("kind,beta", KINDS)
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("chunk", [7, 64])
-def test_dense_teacher_matches_dense_path(kind, beta, temperature, chunk):
+def test_dense_teacher_matches_dense_path(kind, beta, temperature, chunk, blocks):
     h, w, b, teacher, labels = make()
     labels[::4] = -100
     mask = labels != -100
@@ -126,7 +133,7 @@ def topk_targets(teacher: torch.Tensor, temperature: float, k: int) -> SparseTar
 
 @pytest.mark.parametrize("kind,beta", KINDS)
 @pytest.mark.parametrize("k", [5, V])
-def test_topk_targets_match_sparse_divergence(kind, beta, k):
+def test_topk_targets_match_sparse_divergence(kind, beta, k, blocks):
     h, w, b, teacher, _ = make(seed=2)
     targets = topk_targets(teacher, 2.0, k)
     mask = torch.rand(N, generator=torch.Generator().manual_seed(3)) > 0.3
@@ -143,7 +150,7 @@ def test_topk_targets_match_sparse_divergence(kind, beta, k):
         assert rel(g, r) <= 1e-5 if r.abs().max() > 0 else torch.equal(g, r)
 
 
-def test_sampled_targets_match_sparse_divergence():
+def test_sampled_targets_match_sparse_divergence(blocks):
     h, w, _, _, labels = make(seed=4, bias=False)
     gen = torch.Generator().manual_seed(5)
     ids = torch.randint(0, V, (N, 6), generator=gen)
@@ -163,7 +170,7 @@ def test_sampled_targets_match_sparse_divergence():
         fused_distillation_loss(h, w, sparse_targets=targets, kind="tvd")
 
 
-def test_live_teacher_with_padded_vocabularies_and_any_loss_combination():
+def test_live_teacher_with_padded_vocabularies_and_any_loss_combination(blocks):
     """Teacher logits built chunk by chunk from hidden x weight; both matrices padded past the real vocabulary."""
     h, w, b, _, labels = make(seed=6, v=V + 3)
     gen = torch.Generator().manual_seed(7)
@@ -316,7 +323,7 @@ def test_memory_never_holds_full_student_logits(source):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
-def test_ce_only_and_bf16_sparse(dtype, temperature):
+def test_ce_only_and_bf16_sparse(dtype, temperature, blocks):
     """No teacher: the CE alone (temperature must not touch it); then bf16 parameters against top-k targets."""
     h, w, b, teacher, labels = make(dtype, seed=15)
     if dtype == torch.bfloat16:  # see test_bf16_gradients_close_to_fp64_reference for why no bias in bf16

@@ -1,14 +1,16 @@
 """The chunk loop behind ``fused_distillation_loss``: buffers, matmuls and the combination of KD and CE gradients.
 
-Buffers: at most four fp32 ``(chunk, V)`` buffers, allocated once per call and reused for every chunk (a fresh
-vocabulary-sized allocation per chunk costs page faults on CPU and allocator churn on GPU). Forward KL against a
-dense teacher, sparse targets and CE alone need three (two for CE alone); the other kinds need four. bf16/fp16
-matmul outputs and the low-precision copy of the gradient live inside whichever fp32 buffer is free at that moment
-(viewed as the low dtype), so low precision costs no extra buffer.
+Two levels: the matmuls run on chunks of ``chunk_size`` rows (large enough for an efficient GEMM), and the
+element-wise work (softmaxes, divergence, gradient) runs on blocks of a few rows inside the chunk, small enough
+(~4 MB) to stay in cache, with block-sized scratch buffers. Vocabulary-sized memory is therefore two fp32
+``(chunk, V)`` buffers (student log-probs, which become the gradient in place, and teacher log-probs; one for sparse
+targets or CE alone) plus one ``(chunk, V)`` buffer in the parameter dtype when it is bf16/fp16. All are allocated
+once per call and reused for every chunk: a fresh vocabulary-sized allocation per chunk costs page faults on CPU.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -51,25 +53,21 @@ class Problem:
 
 
 class _Buffers:
-    """Lazily allocated fp32 (chunk, V) buffers; ``low(name, c, dtype)`` views one's storage in another dtype."""
+    """Lazily allocated ``(rows, V)`` buffers, one per (name, dtype), sliced to the current chunk."""
 
-    def __init__(self, rows: int, vocab: int, device: torch.device):
-        self.rows, self.vocab, self.device, self.full = rows, vocab, device, {}
+    def __init__(self, vocab: int, device: torch.device):
+        self.vocab, self.device, self.full = vocab, device, {}
 
-    def get(self, name: str, c: int) -> torch.Tensor:
-        if name not in self.full:
-            self.full[name] = torch.empty(self.rows, self.vocab, dtype=torch.float32, device=self.device)
-        return self.full[name][:c]
-
-    def low(self, name: str, c: int, dtype: torch.dtype) -> torch.Tensor:
-        self.get(name, c)
-        flat = self.full[name].view(-1).view(dtype)  # 2-byte dtypes: twice the elements of the fp32 storage
-        return flat[: c * self.vocab].view(c, self.vocab)
+    def get(self, name: str, rows: int, c: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        key = (name, dtype)
+        if key not in self.full:
+            self.full[key] = torch.empty(rows, self.vocab, dtype=dtype, device=self.device)
+        return self.full[key][:c]
 
 
-def _project(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, bufs, spare: str) -> None:
-    """out (fp32) = h @ w.T + b, the matmul in w's dtype (inside the free buffer ``spare`` when not fp32)."""
-    target = out if w.dtype == torch.float32 else bufs.low(spare, out.shape[0], w.dtype)
+def _project(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, low) -> None:
+    """out (fp32) = h @ w.T + b, the matmul in w's dtype (through ``low(dtype)`` when that is not fp32)."""
+    target = out if w.dtype == torch.float32 else low(w.dtype)
     if b is None:
         torch.mm(h, w.t(), out=target)
     else:
@@ -78,21 +76,29 @@ def _project(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tenso
         out.copy_(target)
 
 
-def _teacher_logits(p: Problem, start: int, end: int, out: torch.Tensor, bufs: _Buffers, spare: str) -> None:
+def _teacher_logits(p: Problem, start: int, end: int, out: torch.Tensor, low) -> None:
     """Write the teacher's raw logits for rows [start, end) into the fp32 ``out``."""
     v = p.vocab
     if p.teacher_logits is None:
         b = None if p.teacher_bias is None else p.teacher_bias[:v]
-        _project(out, p.teacher_hidden[start:end], p.teacher_weight[:v], b, bufs, spare)
+        _project(out, p.teacher_hidden[start:end], p.teacher_weight[:v], b, low)
         return
     src = p.teacher_logits[:, :v]
-    target = out if src.dtype == torch.float32 else bufs.low(spare, end - start, src.dtype)
+    target = out if src.dtype == torch.float32 else low(src.dtype)
     if p.rows is None:
         target.copy_(src[start:end])
     else:
         torch.index_select(src, 0, p.rows[start:end], out=target)
     if target is not out:
         out.copy_(target)
+
+
+# Values per element-wise block: 2**20 fp32 values (4 MB), so a block and its scratch stay in cache.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def block_rows(vocab: int) -> int:
+    return max(1, BLOCK_ELEMENTS // vocab)
 
 
 def fused_pass(
@@ -111,7 +117,6 @@ def fused_pass(
     w = p.weight[:v]
     b = None if p.bias is None else p.bias[:v]
     dense_teacher = p.has_kd and p.sparse is None
-    fast_fkl = dense_teacher and p.kind == "forward_kl"
 
     kd_total = torch.zeros((), dtype=torch.float32, device=device)
     ce_total = torch.zeros((), dtype=torch.float32, device=device)
@@ -122,96 +127,109 @@ def fused_pass(
     if grad_w is not None and v < grad_w.shape[0]:
         grad_w[v:].zero_()
     grad_b = torch.zeros(v, dtype=torch.float32, device=device) if any_grad and need_b and b is not None else None
-    bufs = _Buffers(min(p.chunk_size, max(r, 1)), v, device)
+    rows_max = min(p.chunk_size, max(r, 1))
+    blk = min(block_rows(v), rows_max)
+    bufs = _Buffers(v, device)
     kd_coef = p.t2 * kd_scale / temp  # d/dz of kd_scale * T^2 * L(z / T) = kd_scale * T^2 / T * dL/ds
 
     for start in range(0, r, p.chunk_size):
         end = min(start + p.chunk_size, r)
         c = end - start
         h = p.hidden[start:end]
-        ls = bufs.get("ls", c)
-        _project(ls, h, w, b, bufs, spare="b")
-        if temp != 1.0:
-            ls.div_(temp)
-        torch._log_softmax(ls, 1, False, out=ls)
-        grad = None  # the buffer that ends up holding d(loss)/dz for this chunk
-
+        low = functools.partial(bufs.get, "low", rows_max, c)
+        ls_all = bufs.get("ls", rows_max, c)
+        _project(ls_all, h, w, b, low)
+        lt_all = None
+        if dense_teacher:
+            lt_all = bufs.get("lt", rows_max, c)
+            _teacher_logits(p, start, end, lt_all, low)
+        kd_rows = torch.zeros(c, dtype=torch.float32, device=device)
+        ce_rows = torch.zeros(c, dtype=torch.float32, device=device)
+        kd_col = ce_col = labels = None
         if p.has_kd:
-            kd_mask = p.kd_mask[start:end]
-            kd_col = (kd_mask.to(torch.float32) * kd_coef).unsqueeze(1)
+            kd_col = (p.kd_mask[start:end].to(torch.float32) * kd_coef).unsqueeze(1)
+        if p.has_ce:
+            labels = p.labels[start:end].unsqueeze(1)
+            ce_col = (p.ce_mask[start:end].to(torch.float32) * ce_scale).unsqueeze(1)
+
+        for b0 in range(0, c, blk):
+            b1 = min(b0 + blk, c)
+            n = b1 - b0
+            s1, s2 = bufs.get("s1", blk, n), bufs.get("s2", blk, n)
+            ls = ls_all[b0:b1]
+            if temp != 1.0:
+                ls.div_(temp)
+            torch._log_softmax(ls, 1, False, out=ls)
+            # d(loss)/ds of the divergence goes to s2 (or, forward KL, is formed in place below from p_T in s1).
+            kd_in_s2 = False
             if dense_teacher:
-                lt = bufs.get("b", c)
-                _teacher_logits(p, start, end, lt, bufs, spare="out")
+                lt = lt_all[b0:b1]
                 if temp != 1.0:
                     lt.div_(temp)
                 torch._log_softmax(lt, 1, False, out=lt)
                 if p.teacher_logits is not None:
                     lt.clamp_(min=LOG_FLOOR)  # -inf logits (a masked vocabulary) would give 0 * -inf = NaN
-            if fast_fkl:
-                # Forward KL in three buffers: p_T goes to "out"; dL/ds = q - p_T is formed below, together with CE.
-                pt = torch.exp(lt, out=bufs.get("out", c))
-                rows = rowdot(pt, lt) - rowdot(pt, ls)
-            elif dense_teacher:
-                rows = dense_kind_grad(p.kind, p.beta, ls, lt, bufs.get("s", c), bufs.get("out", c))
-            else:
-                sp = p.sparse
-                tail = None if sp.tail_logprobs is None else sp.tail_logprobs[start:end]
-                weights = None if sp.weights is None else sp.weights[start:end]
-                rows = sparse_kind_grad(
-                    p.kind, p.beta, ls, sp.ids[start:end], sp.logprobs[start:end], tail, weights,
-                    bufs.get("b", c), bufs.get("out", c),
-                )  # fmt: skip
-            kd_total += torch.where(kd_mask, rows, torch.zeros_like(rows)).sum() * p.t2
-            if kd_grad and not fast_fkl:
-                grad = bufs.get("out", c).mul_(kd_col)
-
-        soft = norm = None
-        if p.has_ce:
-            labels, ce_mask = p.labels[start:end].unsqueeze(1), p.ce_mask[start:end]
-            picked = ls.gather(1, labels).squeeze(1)
-            if temp == 1.0:
-                rows = -picked  # softmax(z) = exp(ls): formed in place below
-            else:
-                # softmax(z) = softmax(T * ls): the T * lse(z / T) shift cancels, so z itself is not needed again.
-                # "b" is free here: the teacher log-probs (or the sparse scratch) have been used up.
-                soft = torch.mul(ls, temp, out=bufs.get("b", c))
-                shift = soft.amax(1, keepdim=True)
-                soft.sub_(shift).exp_()
-                norm = soft.sum(1, keepdim=True)
-                rows = (shift + norm.log()).squeeze(1) - temp * picked
-            ce_total += torch.where(ce_mask, rows, torch.zeros_like(rows)).sum()
-
-        if fast_fkl and kd_grad:
-            q = ls.exp_()  # ls is no longer needed: the gradient is built in its buffer
-            pt = bufs.get("out", c)
-            if ce_grad and soft is None:
-                ce_col = (ce_mask.to(torch.float32) * ce_scale).unsqueeze(1)
-                q.mul_(kd_col + ce_col)  # (kd + ce) q - kd p_T - ce onehot
-            else:
-                q.mul_(kd_col)
-            q.addcmul_(pt, kd_col.neg())
-            grad = q
-        if ce_grad:
-            ce_col = (ce_mask.to(torch.float32) * ce_scale).unsqueeze(1)
-            if soft is not None:
-                if grad is None:
-                    grad = soft.mul_(ce_col / norm)
+                if p.kind == "forward_kl":
+                    pt = torch.exp(lt, out=s1)
+                    kd_rows[b0:b1] = rowdot(pt, lt) - rowdot(pt, ls)
                 else:
-                    grad.addcmul_(soft, ce_col / norm)
-            elif grad is None:
-                grad = ls.exp_().mul_(ce_col)
-            elif not fast_fkl:
-                grad.addcmul_(torch.exp(ls, out=bufs.get("b", c)), ce_col)
-            grad.scatter_add_(1, labels, ce_col.neg())
-        if grad is None:
-            continue
+                    kd_rows[b0:b1] = dense_kind_grad(p.kind, p.beta, ls, lt, s1, s2)
+                    kd_in_s2 = True
+            elif p.has_kd:
+                sp = p.sparse
+                sl = slice(start + b0, start + b1)
+                kd_rows[b0:b1] = sparse_kind_grad(
+                    p.kind, p.beta, ls, sp.ids[sl], sp.logprobs[sl],
+                    None if sp.tail_logprobs is None else sp.tail_logprobs[sl],
+                    None if sp.weights is None else sp.weights[sl], s1, s2,
+                )  # fmt: skip
+                kd_in_s2 = True
+            soft = norm = None
+            if p.has_ce:
+                picked = ls.gather(1, labels[b0:b1]).squeeze(1)
+                if temp == 1.0:
+                    ce_rows[b0:b1] = -picked  # softmax(z) = exp(ls), formed in place below
+                else:
+                    # softmax(z) = softmax(T * ls): the T * lse(z / T) shift cancels, so z is not needed again.
+                    # The teacher block (or s1 for sparse / no teacher) is free by now.
+                    soft = torch.mul(ls, temp, out=lt if dense_teacher else s1)
+                    shift = soft.amax(1, keepdim=True)
+                    soft.sub_(shift).exp_()
+                    norm = soft.sum(1, keepdim=True)
+                    ce_rows[b0:b1] = (shift + norm.log()).squeeze(1) - temp * picked
+            if not any_grad:
+                continue
+            # The gradient with respect to z replaces ls in place:
+            #   kd * dL/ds + ce * (softmax(z) - onehot)   (onehot added for the whole chunk below)
+            kd_b = kd_col[b0:b1] if kd_grad else None
+            ce_b = ce_col[b0:b1] if ce_grad else None
+            ce_soft = ce_b is not None and soft is not None  # CE's softmax(z) is in `soft` (T != 1)
+            ce_q = ce_b is not None and soft is None  # CE's softmax(z) is q = exp(ls) itself (T == 1)
+            if kd_b is not None and not kd_in_s2:  # forward KL: kd (q - p_T), with p_T in s1
+                q = ls.exp_()
+                q.mul_(kd_b + ce_b if ce_q else kd_b)
+                q.addcmul_(s1, kd_b.neg())
+            elif kd_b is not None:
+                if ce_q:
+                    ls.exp_().mul_(ce_b).addcmul_(s2, kd_b)
+                else:
+                    torch.mul(s2, kd_b, out=ls)
+            elif ce_q:
+                ls.exp_().mul_(ce_b)
+            else:
+                ls.zero_()
+            if ce_soft:
+                ls.addcmul_(soft, ce_b / norm)
 
-        if dtype == torch.float32:
-            g = grad
-        else:
-            # Any buffer other than the gradient's own is free by now.
-            spare = next(n for n, t in bufs.full.items() if t.data_ptr() != grad.data_ptr())
-            g = bufs.low(spare, c, dtype).copy_(grad)
+        kd_total += kd_rows.sum() if p.kd_mask is None else torch.where(p.kd_mask[start:end], kd_rows, 0.0).sum()
+        if p.has_ce:
+            ce_total += torch.where(p.ce_mask[start:end], ce_rows, 0.0).sum()
+        if not any_grad:
+            continue
+        grad = ls_all
+        if ce_grad:
+            grad.scatter_add_(1, labels, ce_col.neg())
+        g = grad if dtype == torch.float32 else low(dtype).copy_(grad)
         if grad_h is not None:
             torch.mm(g, w, out=grad_h[start:end])
         if grad_w is not None:
@@ -223,8 +241,9 @@ def fused_pass(
         if grad_b is not None:
             grad_b += grad.sum(0)
 
+    kd_total = kd_total * p.t2
     if grad_w is not None and not grad_w_started:
-        grad_w.zero_()  # no chunk had a gradient (every row masked for the terms being differentiated)
+        grad_w.zero_()
     if grad_b is not None:
         full = torch.zeros_like(p.bias)
         full[:v] = grad_b.to(p.bias.dtype)
