@@ -26,14 +26,15 @@ from .fused_loop import Problem, fused_pass
 from .sparse import SparseTargets
 
 
-def _expand_hidden_grad(p: Problem, grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """Scatter the (R, H) gradient of the counted rows back to the caller's (N, H) rows."""
+def _expand_hidden_grad(p: Problem, grad: torch.Tensor | None, like: tuple) -> torch.Tensor | None:
+    """Scatter the (R, H) gradient of the counted rows back to the caller's (N, H) rows (``like``: shape, dtype)."""
     if grad is None:
         return None
-    grad = grad.to(like.dtype)
+    shape, dtype = like
+    grad = grad.to(dtype)
     if p.rows is None:
         return grad
-    full = torch.zeros_like(like)
+    full = grad.new_zeros(shape)
     full.index_copy_(0, p.rows, grad)
     return full
 
@@ -43,7 +44,8 @@ class _FusedLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, problem: Problem, kd_weight: float, ce_weight: float):
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         kd, ce, gh, gw, gb = fused_pass(problem, kd_weight, ce_weight, need)
-        ctx.problem, ctx.need, ctx.like = problem, need, hidden
+        # The inputs stay referenced until backward, for the exact re-run when the stored gradients do not apply.
+        ctx.problem, ctx.need, ctx.like = problem, need, (hidden.shape, hidden.dtype)
         ctx.scales = (kd_weight if problem.has_kd else 0.0, ce_weight if problem.has_ce else 0.0)
         ctx.grads = (gh, gw, gb)
         return kd, ce
