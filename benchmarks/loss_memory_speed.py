@@ -77,7 +77,10 @@ def beta_of(c: dict) -> float:
 
 def loss_fn(method: str, c: dict, x: dict, chunk: int):
     """A closure returning the summed loss (comparable across methods) for one forward pass."""
+    from llm_distill.losses.fused import auto_chunk_size
+
     beta = beta_of(c)
+    chunk = chunk or auto_chunk_size(c["vocab"])
     if method in DENSE:
         from llm_distill.losses import divergence
 
@@ -208,7 +211,7 @@ def main() -> None:
     iters_help = ("fwd+bwd per worker process; memory from the first, time from the later ones (or the first when 1: "
                   "every method then pays the first-touch page faults that a training step pays)")  # fmt: skip
     ap.add_argument("--iters", type=int, default=1, help=iters_help)
-    ap.add_argument("--chunk", type=int, default=256, help="token chunk for ours and Liger")
+    ap.add_argument("--chunk", type=int, default=0, help="token chunk for ours and Liger (0: our auto_chunk_size)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--max-dense-gb", type=float, default=9.0, help="skip dense methods above ~8 N*V*4 bytes")
     ap.add_argument("--out", default=None, help="JSON path (default: next to this script)")

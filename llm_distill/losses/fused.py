@@ -26,6 +26,15 @@ from .fused_loop import Problem, fused_pass
 from .sparse import SparseTargets
 
 
+def auto_chunk_size(vocab_size: int) -> int:
+    """Rows per chunk so that one fp32 chunk buffer is about 128 MB: 1024 rows at V = 32k, 256 at 128k.
+
+    Larger chunks make the matmuls more efficient (the weight gradient is read and written once per chunk) while
+    memory grows with chunk * V; 32..1024 rows, a multiple of 32.
+    """
+    return max(32, min(1024, ((1 << 25) // vocab_size) // 32 * 32))
+
+
 def _expand_hidden_grad(p: Problem, grad: torch.Tensor | None, like: tuple) -> torch.Tensor | None:
     """Scatter the (R, H) gradient of the counted rows back to the caller's (N, H) rows (``like``: shape, dtype)."""
     if grad is None:
@@ -93,7 +102,7 @@ def fused_distillation_loss(
     scale_by_t2: bool = True,
     kd_weight: float = 1.0,
     ce_weight: float = 1.0,
-    chunk_size: int = 256,
+    chunk_size: int | None = None,
     vocab_size: int | None = None,
     ignore_index: int = -100,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,8 +129,9 @@ def fused_distillation_loss(
         kd_weight, ce_weight: the weights the caller applies in ``kd_weight * kd_sum + ce_weight * ce_sum``. The
             gradient of that combination is computed during the forward pass; any other combination is still exact
             but costs a second pass in backward.
-        chunk_size: token rows per chunk; memory is about ``3 * chunk_size * V * 4`` bytes (4x for kinds other
-            than forward KL against a dense teacher), plus the ``V x H`` weight gradient.
+        chunk_size: token rows per chunk. None: :func:`auto_chunk_size` (256 rows at V = 128k, 1024 at 32k).
+            Vocabulary-sized memory is about ``2 * chunk_size * V * 4`` bytes plus one or two 64 MB blocks (and
+            ``chunk_size * V * 2`` for bf16/fp16), besides the ``V x H`` weight gradient.
         vocab_size: use only the first ``vocab_size`` columns of both sides (padded embedding matrices). Required
             when the student and teacher vocabularies differ.
     Returns:
@@ -145,8 +155,8 @@ def _build_problem(
     check_kind(kind, beta)
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size} must be >= 1")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size} must be >= 1 (or None for auto_chunk_size)")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
             f"student_hidden {tuple(hidden.shape)} and lm_head_weight {tuple(weight.shape)} must be (N, H) and "
@@ -234,7 +244,7 @@ def _build_problem(
         beta=beta,
         temperature=float(temperature),
         t2=float(temperature) ** 2 if scale_by_t2 else 1.0,
-        chunk_size=chunk_size,
+        chunk_size=chunk_size or auto_chunk_size(vocab_size),
         kd_mask=take(kd_mask),
         labels=take(labels),
         ce_mask=take(ce_mask),
