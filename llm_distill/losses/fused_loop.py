@@ -158,7 +158,7 @@ def fused_pass(
         for b0 in range(0, c, blk):
             b1 = min(b0 + blk, c)
             n = b1 - b0
-            s1, s2 = bufs.get("s1", blk, n), bufs.get("s2", blk, n)
+            scratch = functools.partial(bufs.get, rows=blk, c=n)  # allocated on first use: s2 only for some kinds
             ls = ls_all[b0:b1]
             if temp != 1.0:
                 ls.div_(temp)
@@ -173,18 +173,20 @@ def fused_pass(
                 if p.teacher_logits is not None:
                     lt.clamp_(min=LOG_FLOOR)  # -inf logits (a masked vocabulary) would give 0 * -inf = NaN
                 if p.kind == "forward_kl":
-                    pt = torch.exp(lt, out=s1)
+                    pt = s1 = torch.exp(lt, out=scratch("s1"))
                     kd_rows[b0:b1] = rowdot(pt, lt) - rowdot(pt, ls)
                 else:
-                    kd_rows[b0:b1] = dense_kind_grad(p.kind, p.beta, ls, lt, s1, s2)
+                    s2 = scratch("s2")
+                    kd_rows[b0:b1] = dense_kind_grad(p.kind, p.beta, ls, lt, scratch("s1"), s2)
                     kd_in_s2 = True
             elif p.has_kd:
                 sp = p.sparse
                 sl = slice(start + b0, start + b1)
+                s2 = scratch("s2")
                 kd_rows[b0:b1] = sparse_kind_grad(
                     p.kind, p.beta, ls, sp.ids[sl], sp.logprobs[sl],
                     None if sp.tail_logprobs is None else sp.tail_logprobs[sl],
-                    None if sp.weights is None else sp.weights[sl], s1, s2,
+                    None if sp.weights is None else sp.weights[sl], scratch("s1"), s2,
                 )  # fmt: skip
                 kd_in_s2 = True
             soft = norm = None
@@ -195,7 +197,7 @@ def fused_pass(
                 else:
                     # softmax(z) = softmax(T * ls): the T * lse(z / T) shift cancels, so z is not needed again.
                     # The teacher block (or s1 for sparse / no teacher) is free by now.
-                    soft = torch.mul(ls, temp, out=lt if dense_teacher else s1)
+                    soft = torch.mul(ls, temp, out=lt if dense_teacher else scratch("s1"))
                     shift = soft.amax(1, keepdim=True)
                     soft.sub_(shift).exp_()
                     norm = soft.sum(1, keepdim=True)
