@@ -207,10 +207,10 @@ def spawn(args: list[str]) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="three cases, one round")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 1 quick, 2 full)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 1)")
     iters_help = ("fwd+bwd per worker process; memory from the first, time from the later ones (or the first when 1: "
                   "every method then pays the first-touch page faults that a training step pays)")  # fmt: skip
-    ap.add_argument("--iters", type=int, default=1, help=iters_help)
+    ap.add_argument("--iters", type=int, default=2, help=iters_help)
     ap.add_argument("--chunk", type=int, default=0, help="token chunk for ours and Liger (0: our auto_chunk_size)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--max-dense-gb", type=float, default=9.0, help="skip dense methods above ~8 N*V*4 bytes")
@@ -230,7 +230,7 @@ def main() -> None:
         return
 
     cases = QUICK if args.quick else FULL
-    rounds = args.rounds or (1 if args.quick else 2)  # rounds are fresh processes in a rotated order
+    rounds = args.rounds or 1  # rounds are fresh processes, methods in a rotated order
     methods = [m for m in args.methods.split(",") if available(m)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; methods: {', '.join(methods)}", flush=True)
     results = []
