@@ -2,6 +2,7 @@
 
 from .divergences import DIVERGENCE_KINDS, divergence, divergence_from_logprobs, hard_ce, reduce_tokens
 from .features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
+from .fused import fused_distillation_loss
 from .sparse import SparseTargets, sparse_divergence
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "attention_loss",
     "divergence",
     "divergence_from_logprobs",
+    "fused_distillation_loss",
     "hard_ce",
     "hidden_state_loss",
     "reduce_tokens",
