@@ -47,6 +47,12 @@ def model_inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
 
 
+def no_logits(batch: dict) -> torch.Tensor:
+    """``logits_to_keep`` that keeps no position: the causal-LM head then projects an empty slice, so no
+    B x S x V logits are made while the forward still runs through every module (and any DDP wrapper)."""
+    return torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
+
+
 class LiveTeacher:
     """A frozen model run forward under ``torch.no_grad`` for every batch.
 
@@ -73,20 +79,29 @@ class LiveTeacher:
         hidden_layers: Sequence[int] = (),
         attention_layers: Sequence[int] = (),
         want_logits: bool = True,
+        want_final_hidden: bool = False,
     ) -> TeacherOutputs:
+        """Targets for ``batch``. ``want_final_hidden``: return the final normed hidden states and the lm_head
+        instead of logits, for fused losses that project chunk by chunk (no B x S x V teacher logits are made)."""
         # Eval mode every call: Trainer.train() puts *its* model in train mode, and a user may have called
         # .train() on the teacher; dropout in the teacher would make the targets noisy.
         self.model.eval()
         need_hidden = bool(hidden_layers)
         need_attn = bool(attention_layers)
+        extra = {"logits_to_keep": no_logits(batch)} if want_final_hidden else {}
         with torch.no_grad():
             out = self.model(
                 **model_inputs(batch),
-                output_hidden_states=need_hidden or None,
+                output_hidden_states=need_hidden or want_final_hidden or None,
                 output_attentions=need_attn or None,
                 return_dict=True,
+                **extra,
             )
-        result = TeacherOutputs(logits=out.logits if want_logits else None)
+        result = TeacherOutputs(logits=out.logits if want_logits and not want_final_hidden else None)
+        if want_final_hidden:
+            head = self.model.get_output_embeddings()
+            result.final_hidden = out.hidden_states[-1]
+            result.lm_head_weight, result.lm_head_bias = head.weight, getattr(head, "bias", None)
         if need_hidden:
             result.hidden_states = {i: out.hidden_states[i] for i in hidden_layers}
         if need_attn:
@@ -146,6 +161,7 @@ class CachedTeacher:
         hidden_layers: Sequence[int] = (),
         attention_layers: Sequence[int] = (),
         want_logits: bool = True,
+        want_final_hidden: bool = False,
     ) -> TeacherOutputs:
         if hidden_layers or attention_layers:
             raise ValueError(

@@ -17,11 +17,11 @@ from .compat import check_tokenizers, shared_vocab_size
 from .config import DistillationConfig
 from .data import DistillationCollator
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
-from .losses import divergence, hard_ce, sparse_divergence
+from .logit_terms import check_fusable, dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
 from .store_fingerprint import expected_store_fingerprint
 from .tasks import infer_task, load_model, real_token_mask, targets
-from .teacher import CachedTeacher, LiveTeacher, TeacherOutputs, model_inputs
+from .teacher import CachedTeacher, LiveTeacher, TeacherOutputs, model_inputs, no_logits
 
 METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
@@ -89,6 +89,13 @@ class DistillationTrainer(Trainer):
             self.label_names = find_labels(type(self.student))
         check_tokenizers(teacher_processing_class, processing_class)
         self.kd_vocab_size = self._shared_vocab_size(processing_class)
+        if self.fused:
+            check_fusable(self.student)
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                raise ValueError(
+                    "loss_chunk_size > 0 applies the lm_head weight outside the model's forward, which FSDP and "
+                    "DeepSpeed ZeRO-3 shard; use loss_chunk_size=0 with them (DDP and single devices are supported)"
+                )
         self._place_teacher()
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
 
@@ -191,43 +198,45 @@ class DistillationTrainer(Trainer):
         return dict(zip(COUNT_KEYS, counts))
 
     def _teacher_targets(self, inputs: dict) -> TeacherOutputs:
-        if self.features is None:
-            return self.teacher(inputs)
-        return self.teacher(inputs, hidden_layers=self.features.teacher_hidden_layers,
-                            attention_layers=self.features.teacher_attention_layers)
+        kwargs = {"want_final_hidden": self.fused}
+        if self.features is not None:
+            kwargs.update(hidden_layers=self.features.teacher_hidden_layers,
+                          attention_layers=self.features.teacher_attention_layers)
+        return self.teacher(inputs, **kwargs)
 
-    def _vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits if self.kd_vocab_size is None else logits[..., : self.kd_vocab_size]
+    @property
+    def fused(self) -> bool:
+        """Fused chunked lm_head + divergence: causal LMs with ``loss_chunk_size > 0``."""
+        return self.task == "causal_lm" and self.args.loss_chunk_size > 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DistillationConfig = self.args
         mode = "train" if model.training else "eval"
         mask, labels = targets(inputs, self.task)
-        teacher_out = self._teacher_targets(inputs)
-        if self.features is not None:
-            student_out = model(teacher_outputs=teacher_out, **model_inputs(inputs))
-            feature_terms = student_out["feature_terms"]
-        else:
-            student_out = model(**model_inputs(inputs), return_dict=True)
-            feature_terms = {}
-        student_logits = self._vocab(student_out["logits"])
-
-        kd_args = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, mask=mask,
-                       reduction="sum", scale_by_t2=args.scale_by_t2)
-        if teacher_out.sparse is not None:
-            kd_sum = sparse_divergence(student_logits, teacher_out.sparse, **kd_args)
-            teacher_top1 = teacher_out.sparse.ids.gather(-1, teacher_out.sparse.logprobs.argmax(-1, keepdim=True))
-            teacher_top1 = teacher_top1.squeeze(-1)
-        else:
-            teacher_logits = self._vocab(teacher_out.logits)
-            kd_sum = divergence(student_logits, teacher_logits, **kd_args)
-            teacher_top1 = teacher_logits.argmax(-1)
-        if labels is not None and (args.ce_weight > 0 or mode == "eval"):
-            ce_sum = hard_ce(student_logits, labels, reduction="sum")
-        else:
-            ce_sum = kd_sum.new_zeros(())
         if args.ce_weight > 0 and labels is None:
             raise ValueError("ce_weight > 0 but the batch has no labels; set ce_weight=0 for label-free data")
+        teacher_out = self._teacher_targets(inputs)
+        student_inputs = model_inputs(inputs)
+        if self.fused:
+            # Hidden states instead of logits: the fused loss projects counted positions chunk by chunk.
+            student_inputs.update(output_hidden_states=True, logits_to_keep=no_logits(inputs))
+        if self.features is not None:
+            student_out = model(teacher_outputs=teacher_out, keep_features=self.fused, **student_inputs)
+            feature_terms = student_out["feature_terms"]
+        else:
+            student_out = model(**student_inputs, return_dict=True)
+            feature_terms = {}
+
+        kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
+        want_ce = labels is not None and (args.ce_weight > 0 or mode == "eval")
+        if self.fused:
+            weights = (args.kd_weight, args.ce_weight if want_ce else 0.0)
+            kd_sum, ce_sum, agree = fused_logit_terms(
+                self.student, student_out["hidden_states"][-1], teacher_out, mask, labels, kd=kd, weights=weights,
+                vocab_size=self.kd_vocab_size, chunk_size=args.loss_chunk_size)
+        else:
+            kd_sum, ce_sum, agree = dense_logit_terms(student_out["logits"], teacher_out, mask, labels, kd=kd,
+                                                      vocab_size=self.kd_vocab_size, want_ce=want_ce)
 
         local_tokens = mask.sum()
         if mode == "train" and isinstance(num_items_in_batch, dict):
@@ -244,8 +253,9 @@ class DistillationTrainer(Trainer):
         loss = loss * scale
 
         with torch.no_grad():
-            agree = ((student_logits.argmax(-1) == teacher_top1) & mask).sum()
-            sums = {"kd": kd_sum, "ce": ce_sum, "agree": agree, "tokens": local_tokens}
+            sums = {"kd": kd_sum, "ce": ce_sum, "tokens": local_tokens}
+            if agree is not None:
+                sums["agree"] = agree
             for term, (term_sum, term_count) in feature_terms.items():
                 sums[term], sums[f"{term}_tokens"] = term_sum, term_count
             for key, value in sums.items():
@@ -274,7 +284,8 @@ class DistillationTrainer(Trainer):
                 logs[f"{prefix}ce_loss"] = ce / tokens
                 if self.task == "causal_lm" and mode == "eval":
                     logs["eval_perplexity"] = math.exp(min(ce / tokens, 50.0))
-            logs[f"{prefix}agreement"] = agree / tokens
+            if "agree" in sums:
+                logs[f"{prefix}agreement"] = agree / tokens
             self._metrics[mode].clear()
         super().log(logs, start_time)
 
