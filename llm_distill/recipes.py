@@ -65,6 +65,8 @@ def _numbers(value):
 
 def _parse_value(text: str):
     # YAML typing for CLI values: 3 -> int, 1e-4 -> float, true -> bool, [1, 2] -> list, anything else -> str.
+    if text.lower() in ("yes", "no", "on", "off", "y", "n"):
+        return text  # YAML 1.1 would make these booleans; `--eval_strategy no` means the string
     value = _numbers(yaml.safe_load(text))
     if isinstance(value, str) and value.lower() in ("none", "null"):
         return None
