@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from itertools import chain
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 DATA_TASKS = ("text", "instruction", "classification")
 LOCAL_FORMATS = {
@@ -58,25 +58,27 @@ class DataConfig:
         return cls(**values)
 
 
-def _load(path: str, name: str | None, split: str):
+def load_split(path: str, name: str | None = None, split: str = "train") -> Dataset:
+    """One split from a local file (the file *is* the split), a `save_to_disk` folder, or a hub dataset id."""
     ext = os.path.splitext(path)[1].lower()
     if ext in LOCAL_FORMATS:
         if not os.path.exists(path):
             raise FileNotFoundError(f"dataset path {path!r} does not exist (relative paths are from {os.getcwd()})")
         kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
         return load_dataset(LOCAL_FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
-    if os.path.isdir(path):
-        return load_dataset(path, name, split=split)
-    return load_dataset(path, name, split=split)  # hub id
+    if os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_info.json")):
+        loaded = load_from_disk(path)
+        return loaded[split] if isinstance(loaded, DatasetDict) else loaded
+    return load_dataset(path, name, split=split)  # a hub id, or a folder with a loading script / data files
 
 
 def load_raw(cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
-    train = _load(cfg.path, cfg.name, cfg.split)
+    train = load_split(cfg.path, cfg.name, cfg.split)
     evaluation = None
     if cfg.eval_path:
-        evaluation = _load(cfg.eval_path, cfg.name, cfg.eval_split or "validation")
+        evaluation = load_split(cfg.eval_path, cfg.name, cfg.eval_split or "validation")
     elif cfg.eval_split:
-        evaluation = _load(cfg.path, cfg.name, cfg.eval_split)
+        evaluation = load_split(cfg.path, cfg.name, cfg.eval_split)
     elif cfg.eval_size:
         parts = train.train_test_split(test_size=cfg.eval_size, seed=cfg.seed)
         train, evaluation = parts["train"], parts["test"]

@@ -10,14 +10,6 @@ from typing import Any
 import torch
 
 # Local file suffix -> `datasets` builder name. Anything else is taken to be a hub dataset id.
-LOCAL_BUILDERS = {
-    ".json": "json",
-    ".jsonl": "json",
-    ".csv": "csv",
-    ".tsv": "csv",
-    ".txt": "text",
-    ".parquet": "parquet",
-}
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REPORT_DIGITS = 4
 
@@ -63,27 +55,10 @@ def resolve_dtype(name: str) -> Any:
 
 
 def load_table(source: str, split: str = "validation", config_name: str | None = None, limit: int | None = None):
-    """Load a dataset split from a local file (json/jsonl/csv/tsv/txt/parquet) or a hub id.
+    """Load a dataset split from a local file (json/jsonl/csv/tsv/txt/parquet), a saved folder or a hub id."""
+    from ..data import load_split
 
-    A local file becomes a single split, whatever ``split`` says (a file *is* the split the user chose).
-    """
-    import datasets
-
-    path = Path(source)
-    if path.is_file():
-        builder = LOCAL_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(
-                f"dataset file {source!r} has suffix {path.suffix!r}; expected one of {', '.join(LOCAL_BUILDERS)}"
-            )
-        kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-    elif path.is_dir() and (path / "dataset_info.json").exists():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds[split]
-    else:
-        ds = datasets.load_dataset(source, config_name, split=split)
+    ds = load_split(source, config_name, split)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     return ds
