@@ -16,12 +16,16 @@ from test_trainer import instruction_dataset  # noqa: E402
 from llm_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 
 
-def main(output_dir: str, per_device_batch: int, features: bool) -> None:
+def main(output_dir: str, per_device_batch: int, mode: str) -> None:
     tokenizer = make_char_tokenizer()
     ds = instruction_dataset(tokenizer, n=16)
     teacher = tiny_llama(len(tokenizer), layers=4, hidden=48, seed=1)
     student = tiny_llama(len(tokenizer), layers=2, hidden=32, seed=2)
-    extra = {"hidden_weight": 1.0, "attention_weight": 0.5} if features else {}
+    extra = {"hidden_weight": 1.0, "attention_weight": 0.5} if mode == "features" else {}
+    if mode.startswith("cached:"):
+        # Targets come from a store written beforehand by one process; lookups go by sample id on every rank.
+        extra = {"teacher_logits_path": mode.split(":", 1)[1]}
+        teacher = None
     args = DistillationConfig(
         output_dir=output_dir, use_cpu=True, report_to="none", per_device_train_batch_size=per_device_batch,
         max_steps=2, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0,
@@ -39,4 +43,4 @@ def main(output_dir: str, per_device_batch: int, features: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3] == "features")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])

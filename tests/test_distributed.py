@@ -26,8 +26,26 @@ def run(output_dir, nproc, per_device_batch, mode):
     return state, logs
 
 
-@pytest.mark.parametrize("mode", ["logits", "features"])
+def write_store(path):
+    """A full-vocabulary store of the worker's teacher over the worker's rows (k = V: equal to the live teacher)."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from conftest import make_char_tokenizer, tiny_llama
+    from test_trainer import instruction_dataset
+
+    from llm_distill.cache_logits import cache_logits
+    from llm_distill.data import DistillationCollator
+
+    tokenizer = make_char_tokenizer()
+    cache_logits(tiny_llama(len(tokenizer), layers=4, hidden=48, seed=1), instruction_dataset(tokenizer, n=16),
+                 DistillationCollator(tokenizer), output_dir=path, k=len(tokenizer), temperature=1.0, shard_size=5,
+                 teacher_id="tiny", tokenizer=tokenizer, dtype="float32")
+    return f"cached:{path}"
+
+
+@pytest.mark.parametrize("mode", ["logits", "features", "cached"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mode):
+    if mode == "cached":
+        mode = write_store(tmp_path / "store")
     single, single_logs = run(tmp_path / "one", 1, 8, mode)
     double, double_logs = run(tmp_path / "two", 2, 4, mode)
     assert single.keys() == double.keys()
