@@ -89,8 +89,12 @@ def test_dense_teacher_matches_dense_path(kind, beta, temperature, chunk, blocks
         assert rel(got, want) <= 1e-5
 
 
-@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3), ("tvd", 0.5)])
-def test_bf16_gradients_close_to_fp64_reference(kind, beta):
+BF16_CASES = [("forward_kl", 0.5, 1.0), ("forward_kl", 0.5, 2.0), ("reverse_kl", 0.5, 2.0), ("jsd", 0.3, 2.0),
+              ("tvd", 0.5, 2.0)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,beta,temperature", BF16_CASES)
+def test_bf16_gradients_close_to_fp64_reference(kind, beta, temperature):
     """bf16 parameters: fp32 softmax, bf16 matmuls. Reference: fp64 everything after the (shared) bf16 logits.
 
     No bias here: the fused path adds it inside the matmul (one bf16 rounding), the dense path after it (two), so
@@ -101,7 +105,8 @@ def test_bf16_gradients_close_to_fp64_reference(kind, beta):
     teacher = teacher.bfloat16()
     labels[::3] = -100
     mask = labels != -100
-    kw = dict(kind=kind, beta=beta, temperature=2.0)
+    mask[:7] = True  # some rows count for KD only
+    kw = dict(kind=kind, beta=beta, temperature=temperature)
     with torch.no_grad():
         logits = (h @ w.t() + b).double().requires_grad_()
     kd = divergence(logits, teacher.double(), mask=mask, reduction="sum", **kw)
@@ -112,7 +117,7 @@ def test_bf16_gradients_close_to_fp64_reference(kind, beta):
     total.backward()
     dense_err = [rel(g, r) for g, r in zip(grads(h, w, b), ref)]
     fkd, fce = fused_distillation_loss(
-        h, w, b, teacher_logits=teacher, labels=labels, kd_weight=1.0, ce_weight=0.5, chunk_size=48, **kw
+        h, w, b, teacher_logits=teacher, labels=labels, mask=mask, kd_weight=1.0, ce_weight=0.5, chunk_size=48, **kw
     )
     (fkd + 0.5 * fce).backward()
     got = grads(h, w, b)
@@ -170,7 +175,8 @@ def test_sampled_targets_match_sparse_divergence(blocks):
         fused_distillation_loss(h, w, sparse_targets=targets, kind="tvd")
 
 
-def test_live_teacher_with_padded_vocabularies_and_any_loss_combination(blocks):
+@pytest.mark.parametrize("kind,temperature", [("jsd", 1.5), ("forward_kl", 1.0)])
+def test_live_teacher_with_padded_vocabularies_and_any_loss_combination(blocks, kind, temperature):
     """Teacher logits built chunk by chunk from hidden x weight; both matrices padded past the real vocabulary."""
     h, w, b, _, labels = make(seed=6, v=V + 3)
     gen = torch.Generator().manual_seed(7)
@@ -179,15 +185,16 @@ def test_live_teacher_with_padded_vocabularies_and_any_loss_combination(blocks):
     labels[:11] = -100
     logits = (h @ w.t() + b)[:, :V]
     t_logits = (t_hidden @ t_weight.t())[:, :V]
-    kd = divergence(logits, t_logits, kind="jsd", temperature=1.5, mask=labels != -100, reduction="sum")
+    kd = divergence(logits, t_logits, kind=kind, temperature=temperature, mask=labels != -100, reduction="sum")
     ce = hard_ce(logits, labels, reduction="sum")
-    kw = dict(teacher_hidden=t_hidden, teacher_weight=t_weight, teacher_bias=t_bias, labels=labels, kind="jsd",
-              temperature=1.5, vocab_size=V, chunk_size=8)  # fmt: skip
+    kw = dict(teacher_hidden=t_hidden, teacher_weight=t_weight, teacher_bias=t_bias, labels=labels, kind=kind,
+              temperature=temperature, vocab_size=V, chunk_size=8)  # fmt: skip
     # (weights, how the caller combines): proportional (stored gradients reused) and not (second pass in backward)
     cases = [
         ((1.0, 0.25), lambda a, c: (4 * a + c) / 13),
         ((1.0, 1.0), lambda a, c: 2 * a + 0.5 * c),
         ((1.0, 1.0), lambda a, c: a),
+        ((1.0, 1.0), lambda a, c: c - 0.5 * a),  # a negative weight: no shortcut may assume signs
     ]
     for (kd_w, ce_w), combine in cases:
         combine(kd, ce).backward(retain_graph=True)
@@ -355,3 +362,23 @@ def test_ce_only_and_bf16_sparse(dtype, temperature, blocks):
     (kd + ce).backward()
     for g, r in zip(grads(h, w, b), ref):
         assert rel(g, r) <= tol
+
+
+# skew_rkl is the worst conditioned: at this size the dense fp32 path itself is 4.6e-6 from fp64 and ours 1.2e-5
+# (autograd inside the chunk measured the same 1.2e-5, so the closed form is not the cause).
+@pytest.mark.parametrize("kind,tol", [("reverse_kl", 1e-5), ("jsd", 1e-5), ("tvd", 1e-5), ("skew_rkl", 2e-5)])
+def test_large_vocabulary_fp32_gradients_stay_accurate(kind, tol):
+    """At V = 131072 row sums of 10^5 fp32 terms must not be accumulated naively (it cost ~1e-4 in the gradient)."""
+    gen = torch.Generator().manual_seed(17)
+    n, hdim, v = 32, 64, 131072
+    h = torch.randn(n, hdim, generator=gen)
+    w = torch.randn(v, hdim, generator=gen) * (2 / hdim**0.5)
+    t_hidden, t_weight = torch.randn(n, hdim, generator=gen), torch.randn(v, hdim, generator=gen) * (3 / hdim**0.5)
+    h64, w64 = h.double().requires_grad_(), w.double().requires_grad_()
+    ref = divergence(h64 @ w64.t(), t_hidden.double() @ t_weight.double().t(), kind=kind, beta=0.3, reduction="sum")
+    ref.backward()
+    h.requires_grad_(), w.requires_grad_()
+    kd, _ = fused_distillation_loss(h, w, teacher_hidden=t_hidden, teacher_weight=t_weight, kind=kind, beta=0.3)
+    kd.backward()
+    assert kd.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert rel(h.grad, h64.grad) <= tol and rel(w.grad, w64.grad) <= tol

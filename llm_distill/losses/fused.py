@@ -4,8 +4,9 @@ For N token rows the student logits are produced ``chunk_size`` rows at a time f
 lm_head, turned into the divergence against the teacher (dense logits, a live teacher's hidden states and lm_head,
 or sparse top-k / sampled targets) and the hard-label cross-entropy, and immediately into the gradients with respect
 to the hidden states, the lm_head weight and its bias, using the closed forms in ``fused_kernels.py``. Only
-``(chunk_size, V)`` buffers are ever allocated (two to four fp32 ones, reused across chunks; see ``fused_loop.py``),
-so peak memory grows with the chunk, not with N.
+vocabulary-sized buffers of ``chunk_size`` rows (at most two fp32 ones, one bf16/fp16 one for low-precision weights,
+and one or two 64 MB blocks; reused across chunks, see ``fused_loop.py``) are ever allocated, so peak memory grows
+with the chunk, not with N.
 
 Why the gradients are computed in the forward pass: the softmax, the teacher distribution and the logits matmul
 are all needed by both the loss and its gradient, so doing both in one pass costs 3 matmuls per chunk instead of 4

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .divergences import LOG_FLOOR
-from .fused_kernels import dense_kind_grad, rowdot, sparse_kind_grad
+from .fused_kernels import dense_kind_grad, sparse_kind_grad
 from .sparse import SparseTargets
 
 
@@ -155,6 +155,21 @@ def fused_pass(
             labels = p.labels[start:end].unsqueeze(1)
             ce_col = (p.ce_mask[start:end].to(torch.float32) * ce_scale).unsqueeze(1)
 
+        # Forward KL, T = 1 or no CE gradient: the last element-wise pass of the gradient is saved.
+        # - fp32 with non-negative weights: the rows are stored divided by a = kd + ce, i.e. q - (kd / a) p_T, and a
+        #   is folded back into the (C, H) side of the matmuls.
+        # - bf16/fp16: the last pass writes the low-precision copy directly (after the CE one-hot, in fp32, so the
+        #   gradient is rounded once, as in the dense path).
+        fast = dense_teacher and p.kind == "forward_kl" and kd_grad and not (ce_grad and temp != 1.0)
+        fold_rows = fast and dtype == torch.float32 and kd_scale > 0 and ce_scale >= 0
+        direct_low = fast and dtype != torch.float32
+        if fold_rows:
+            a_col = kd_col + ce_col if ce_grad else kd_col
+            ratio = torch.where(a_col > 0, kd_col / a_col, 0.0).neg_()
+            inv_a = torch.where(a_col > 0, 1.0 / a_col, 0.0)
+        if direct_low:
+            grad_low = low(dtype)
+
         for b0 in range(0, c, blk):
             b1 = min(b0 + blk, c)
             n = b1 - b0
@@ -174,7 +189,7 @@ def fused_pass(
                     lt.clamp_(min=LOG_FLOOR)  # -inf logits (a masked vocabulary) would give 0 * -inf = NaN
                 if p.kind == "forward_kl":
                     pt = s1 = torch.exp(lt, out=scratch("s1"))
-                    kd_rows[b0:b1] = rowdot(pt, lt) - rowdot(pt, ls)
+                    kd_rows[b0:b1] = lt.sub_(ls).mul_(pt).sum(1)  # lt is not needed after this
                 else:
                     s2 = scratch("s2")
                     kd_rows[b0:b1] = dense_kind_grad(p.kind, p.beta, ls, lt, scratch("s1"), s2)
@@ -210,7 +225,14 @@ def fused_pass(
             ce_b = ce_col[b0:b1] if ce_grad else None
             ce_soft = ce_b is not None and soft is not None  # CE's softmax(z) is in `soft` (T != 1)
             ce_q = ce_b is not None and soft is None  # CE's softmax(z) is q = exp(ls) itself (T == 1)
-            if kd_b is not None and not kd_in_s2:  # forward KL: kd (q - p_T), with p_T in s1
+            if fold_rows:
+                ls.exp_().addcmul_(s1, ratio[b0:b1])
+            elif direct_low:
+                q = ls.exp_().mul_(kd_b + ce_b if ce_q else kd_b)
+                if ce_q:
+                    q.scatter_add_(1, labels[b0:b1], ce_b.neg())
+                torch.addcmul(q, s1, kd_b.neg(), out=grad_low[b0:b1])
+            elif kd_b is not None and not kd_in_s2:  # forward KL: kd (q - p_T), with p_T in s1
                 q = ls.exp_()
                 q.mul_(kd_b + ce_b if ce_q else kd_b)
                 q.addcmul_(s1, kd_b.neg())
@@ -231,20 +253,23 @@ def fused_pass(
             ce_total += torch.where(p.ce_mask[start:end], ce_rows, 0.0).sum()
         if not any_grad:
             continue
-        grad = ls_all
-        if ce_grad:
-            grad.scatter_add_(1, labels, ce_col.neg())
-        g = grad if dtype == torch.float32 else low(dtype).copy_(grad)
+        grad = grad_low if direct_low else ls_all
+        if ce_grad and not direct_low:
+            grad.scatter_add_(1, labels, (ce_col * inv_a if fold_rows else ce_col).neg())
+        g = grad if grad.dtype == dtype else low(dtype).copy_(grad)
         if grad_h is not None:
             torch.mm(g, w, out=grad_h[start:end])
+            if fold_rows:
+                grad_h[start:end].mul_(a_col)
         if grad_w is not None:
+            hs = h * a_col if fold_rows else h
             if grad_w_started:
-                grad_w[:v].addmm_(g.t(), h)
+                grad_w[:v].addmm_(g.t(), hs)
             else:
-                torch.mm(g.t(), h, out=grad_w[:v])
+                torch.mm(g.t(), hs, out=grad_w[:v])
                 grad_w_started = True
         if grad_b is not None:
-            grad_b += grad.sum(0)
+            grad_b += torch.mv(grad.t(), a_col.squeeze(1)) if fold_rows else grad.sum(0, dtype=torch.float32)
 
     kd_total = kd_total * p.t2
     if grad_w is not None and not grad_w_started:
