@@ -40,7 +40,7 @@ demo: install
 	$(VENV)/bin/llm-distill train configs/tinybert_sst2.yaml --output_dir $(DEMO)/student \
 		--teacher_model_name_or_path $(DEMO)/teacher --dataset.max_samples $(DEMO_ROWS)
 	$(VENV)/bin/llm-distill report --teacher $(DEMO)/teacher --student $(DEMO)/student/stage2-prediction \
-		--names tinybert-4L --dataset ../shared/data/sst2/validation.jsonl --text-column sentence \
+		--names teacher tinybert-4L --dataset ../shared/data/sst2/validation.jsonl --text-column sentence \
 		--output-dir $(DEMO)/report
 	cat $(DEMO)/report/report.md
 
