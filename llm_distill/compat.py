@@ -33,10 +33,6 @@ def check_tokenizers(teacher_tokenizer, student_tokenizer) -> None:
         )
 
 
-def output_vocab_size(model_config) -> int | None:
-    return getattr(model_config, "vocab_size", None)
-
-
 def shared_vocab_size(teacher_config, student_config, tokenizer, task: str) -> int | None:
     """The number of leading logit columns to distil over, or None for classification.
 
@@ -48,7 +44,7 @@ def shared_vocab_size(teacher_config, student_config, tokenizer, task: str) -> i
         if nt is not None and ns is not None and nt != ns:
             raise ValueError(f"the teacher has num_labels={nt} but the student has num_labels={ns}; they must match")
         return None
-    vt, vs = output_vocab_size(teacher_config), output_vocab_size(student_config)
+    vt, vs = getattr(teacher_config, "vocab_size", None), getattr(student_config, "vocab_size", None)
     if vt is None or vs is None:
         return None
     if tokenizer is not None:

@@ -211,8 +211,3 @@ class DistillationCollator:
         if "sample_id" in rows[0]:
             batch["sample_id"] = torch.tensor([int(r["sample_id"]) for r in rows], dtype=torch.long)
         return batch
-
-
-def dataset_fingerprint(ds: Dataset | DatasetDict) -> str:
-    """A content fingerprint for logit-store checks: datasets' own, stable for the same data and processing."""
-    return ds._fingerprint

@@ -39,12 +39,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from .store_fingerprint import compare_fingerprints
-from .tasks import targets
+from .tasks import AUTO_CLASSES, targets
 
 FORMAT = "llm_distill.logit_store"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TASKS = ("causal_lm", "masked_lm", "sequence_classification")
+TASKS = tuple(AUTO_CLASSES)  # the tasks the trainer distils
 MODES = ("topk", "sampled")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
