@@ -89,8 +89,7 @@ def cmd_train(argv: list[str]) -> int:
 
 def run_train(recipe) -> dict:
     """Train one recipe (one stage) end to end; returns the final evaluation metrics (empty without eval data)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    from .checkpoints import resume_point
     from .data import DataConfig, build_datasets
     from .tasks import load_model
     from .trainer import DistillationTrainer
@@ -120,12 +119,7 @@ def run_train(recipe) -> dict:
         model=student, teacher_model=teacher, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tokenizer, teacher_processing_class=teacher_tokenizer,
     )
-    resume = args.resume_from_checkpoint
-    if resume is None and os.path.isdir(args.output_dir):
-        resume = get_last_checkpoint(args.output_dir)  # an interrupted run picks up where it stopped
-        if resume:
-            logger.warning("resuming from %s", resume)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_point(args))
     trainer.save_model(args.output_dir)
     if (recipe.student.get("peft") or {}).get("merge"):
         merged_dir = save_merged(trainer, os.path.join(args.output_dir, "merged"))

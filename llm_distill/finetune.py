@@ -6,13 +6,9 @@ blocks (the model to fine-tune) and TrainingArguments keys. Distillation-only ke
 
 from __future__ import annotations
 
-import logging
-import os
-
 from transformers import Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
-logger = logging.getLogger(__name__)
+from .checkpoints import resume_point
 
 
 def accuracy_metrics(eval_pred) -> dict:
@@ -48,10 +44,7 @@ def run_finetune(recipe, build_student) -> dict:
         data_collator=DistillationCollator(tokenizer),
         compute_metrics=accuracy_metrics if task == "sequence_classification" else None,
     )
-    resume = args.resume_from_checkpoint
-    if resume is None and os.path.isdir(args.output_dir):
-        resume = get_last_checkpoint(args.output_dir)
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume_point(args))
     trainer.save_model(args.output_dir)
     metrics = trainer.evaluate() if eval_ds is not None else {}
     if metrics:
