@@ -55,9 +55,16 @@ def _build_student(recipe, args, task: str, teacher):
     if spec.get("from_teacher") is not None:
         from .student import student_from_teacher
 
-        if teacher is None:
-            raise ValueError("student.from_teacher needs a live teacher (teacher_model_name_or_path)")
-        student = student_from_teacher(teacher, **spec["from_teacher"])
+        shape = dict(spec["from_teacher"])
+        # init_from: take the layers from another checkpoint of the teacher's family, typically the pretrained one
+        # the teacher was fine-tuned from, so that a no-teacher baseline does not inherit the teacher's task.
+        init_from = shape.pop("init_from", None)
+        source = load_model(init_from, task, **extra) if init_from else teacher
+        if source is None:
+            raise ValueError(
+                "student.from_teacher needs a live teacher (teacher_model_name_or_path) or from_teacher.init_from"
+            )
+        student = student_from_teacher(source, **shape)
         if "attn_implementation" in extra:
             student.set_attn_implementation(extra["attn_implementation"])
     elif spec.get("model_name_or_path"):

@@ -30,7 +30,8 @@ def run_finetune(recipe, build_student) -> dict:
     source = recipe.student.get("model_name_or_path") or args.teacher_model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(source)
     teacher = None
-    if recipe.student.get("from_teacher") is not None:
+    from_teacher = recipe.student.get("from_teacher")
+    if from_teacher is not None and not from_teacher.get("init_from"):
         from .tasks import load_model
 
         teacher = load_model(args.teacher_model_name_or_path, task)

@@ -1,4 +1,5 @@
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -216,3 +217,29 @@ def test_apply_lora_trains_only_adapters_and_starts_equal():
     assert any("classifier" in n for n in names) and any("lora_A" in n for n in names)
     with pytest.raises(ValueError, match="LoRA r=0 must be >= 1"):
         apply_lora(model, r=0)
+
+
+def test_from_teacher_init_from_takes_the_layers_from_another_checkpoint(tmp_path):
+    """A no-teacher baseline must be able to start from the pretrained model rather than the fine-tuned teacher."""
+    from conftest import tiny_bert_classifier
+
+    from llm_distill.cli import _build_student
+
+    teacher = tiny_bert_classifier(layers=4, seed=1)
+    pretrained = tiny_bert_classifier(layers=4, seed=2)
+    pretrained.save_pretrained(tmp_path / "pretrained")
+    shape = {"num_layers": 2, "layer_init": [2, 4], "init_from": str(tmp_path / "pretrained")}
+    recipe = SimpleNamespace(student={"from_teacher": shape, "num_labels": 2})
+    args = SimpleNamespace(attention_weight=0.0)
+
+    def block(model, i):
+        return model.bert.encoder.layer[i].output.dense.weight
+
+    for given_teacher in (teacher, None):  # the teacher is not needed to shape the student then
+        student = _build_student(recipe, args, "sequence_classification", given_teacher)
+        assert torch.equal(block(student, 0), block(pretrained, 1))
+        assert torch.equal(block(student, 1), block(pretrained, 3))
+        assert not torch.equal(block(student, 1), block(teacher, 3))
+    without = SimpleNamespace(student={"from_teacher": {"num_layers": 2}})
+    with pytest.raises(ValueError, match="init_from"):
+        _build_student(without, args, "sequence_classification", None)
