@@ -59,8 +59,12 @@ def run(verb: str, recipe: str, overrides: list[str], run_dirs: list[str]) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quality_sst2")
-    parser.add_argument("--max-samples", type=int, default=4000,
-                        help="student training rows (SST-2 train has 67,349; the teacher sees them all)")
+    parser.add_argument(
+        "--max-samples",
+        type=int,
+        default=4000,
+        help="student training rows (SST-2 train has 67,349; the teacher sees them all)",
+    )
     parser.add_argument("--epochs", type=float, default=1.0, help="epochs per stage")
     parser.add_argument("--skip-logit-kd", action="store_true", help="leave out the logit-only KD row")
     ns = parser.parse_args()
@@ -69,10 +73,20 @@ def main() -> None:
 
     pretrained = fetch("minilm", PRETRAINED)
     teacher = f"{ns.out}/teacher"
-    seconds, cmd = run("finetune", "configs/minilm_sst2_teacher.yaml",
-                       ["--dataset.max_samples", "null", "--warmup_steps", "100", "--output_dir", teacher], [teacher])
-    rows = [{"model": "teacher: MiniLM-L6 fine-tuned on all of SST-2 train", "dir": teacher, "seconds": seconds,
-             "command": cmd}]
+    seconds, cmd = run(
+        "finetune",
+        "configs/minilm_sst2_teacher.yaml",
+        ["--dataset.max_samples", "null", "--warmup_steps", "100", "--output_dir", teacher],
+        [teacher],
+    )
+    rows = [
+        {
+            "model": "teacher: MiniLM-L6 fine-tuned on all of SST-2 train",
+            "dir": teacher,
+            "seconds": seconds,
+            "command": cmd,
+        }
+    ]
     common = ["--teacher_model_name_or_path", teacher, "--dataset.max_samples", str(ns.max_samples)]
     stage_epochs = ["--num_train_epochs", str(ns.epochs)]
     # The single-stage students get as many steps as both TinyBERT stages together.
@@ -80,20 +94,45 @@ def main() -> None:
     student = ["--student.from_teacher", f"{{num_layers: 4, layer_init: [1, 3, 4, 6], init_from: {pretrained}}}"]
 
     tiny = f"{ns.out}/tinybert"
-    seconds, cmd = run("train", "configs/tinybert_sst2.yaml", [*common, *stage_epochs, *student, "--output_dir", tiny],
-                       [f"{tiny}/stage1-intermediate", f"{tiny}/stage2-prediction"])
-    rows.append({"model": "student: TinyBERT-style (hidden + attention, then logit KD)",
-                 "dir": f"{ns.out}/tinybert/stage2-prediction", "seconds": seconds, "command": cmd})
+    seconds, cmd = run(
+        "train",
+        "configs/tinybert_sst2.yaml",
+        [*common, *stage_epochs, *student, "--output_dir", tiny],
+        [f"{tiny}/stage1-intermediate", f"{tiny}/stage2-prediction"],
+    )
+    rows.append(
+        {
+            "model": "student: TinyBERT-style (hidden + attention, then logit KD)",
+            "dir": f"{ns.out}/tinybert/stage2-prediction",
+            "seconds": seconds,
+            "command": cmd,
+        }
+    )
     labels_only = f"{ns.out}/labels_only"
-    seconds, cmd = run("finetune", "configs/bert_sst2_logit_kd.yaml",
-                       [*common, *double, *student, "--output_dir", labels_only], [labels_only])
-    rows.append({"model": "student: labels only (no teacher)", "dir": f"{ns.out}/labels_only", "seconds": seconds,
-                 "command": cmd})
+    seconds, cmd = run(
+        "finetune",
+        "configs/bert_sst2_logit_kd.yaml",
+        [*common, *double, *student, "--output_dir", labels_only],
+        [labels_only],
+    )
+    rows.append(
+        {
+            "model": "student: labels only (no teacher)",
+            "dir": f"{ns.out}/labels_only",
+            "seconds": seconds,
+            "command": cmd,
+        }
+    )
     if not ns.skip_logit_kd:
-        seconds, cmd = run("train", "configs/bert_sst2_logit_kd.yaml",
-                           [*common, *double, *student, "--output_dir", f"{ns.out}/logit_kd"], [f"{ns.out}/logit_kd"])
-        rows.append({"model": "student: logit KD + CE", "dir": f"{ns.out}/logit_kd", "seconds": seconds,
-                     "command": cmd})
+        seconds, cmd = run(
+            "train",
+            "configs/bert_sst2_logit_kd.yaml",
+            [*common, *double, *student, "--output_dir", f"{ns.out}/logit_kd"],
+            [f"{ns.out}/logit_kd"],
+        )
+        rows.append(
+            {"model": "student: logit KD + CE", "dir": f"{ns.out}/logit_kd", "seconds": seconds, "command": cmd}
+        )
 
     teacher_acc = None
     for row in rows:
@@ -109,8 +148,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in rows:
         wall = f"{r['seconds'] / 60:.1f} min"
-        print(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {100 * r['accuracy']:.2f} % | "
-              f"{r['retained_pct']:.1f} % | {wall} | `{r['command']}` |")
+        print(
+            f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {100 * r['accuracy']:.2f} % | "
+            f"{r['retained_pct']:.1f} % | {wall} | `{r['command']}` |"
+        )
 
 
 if __name__ == "__main__":

@@ -58,28 +58,64 @@ def main() -> None:
 
     teacher = fetch("smollm2", "assets/smollm2-135m")
     common = [
-        "--teacher_model_name_or_path", teacher, "--dataset.path", TRAIN_TEXT, "--dataset.max_samples", "null",
-        "--dataset.max_length", str(ns.max_length), "--dataset.eval_size", "0", "--eval_strategy", "no",
-        "--max_steps", str(ns.steps), "--per_device_train_batch_size", str(ns.batch_size),
-        "--gradient_accumulation_steps", "1", "--save_strategy", "no", "--learning_rate", "3e-4",
+        "--teacher_model_name_or_path",
+        teacher,
+        "--dataset.path",
+        TRAIN_TEXT,
+        "--dataset.max_samples",
+        "null",
+        "--dataset.max_length",
+        str(ns.max_length),
+        "--dataset.eval_size",
+        "0",
+        "--eval_strategy",
+        "no",
+        "--max_steps",
+        str(ns.steps),
+        "--per_device_train_batch_size",
+        str(ns.batch_size),
+        "--gradient_accumulation_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        "--learning_rate",
+        "3e-4",
     ]
     store = f"{ns.out}/teacher-top64"
     cache_s, cache_cmd = run("cache-logits", [*common, "--cache.output_dir", store])
     cached = ["--teacher_logits_path", store, "--loss_chunk_size", "128"]
-    kd_s, kd_cmd = run("train", [*common, *cached, "--kd_weight", "1.0", "--ce_weight", "0.0",
-                                 "--output_dir", f"{ns.out}/kd"])
-    mix_s, mix_cmd = run("train", [*common, *cached, "--kd_weight", "0.5", "--ce_weight", "0.5",
-                                   "--output_dir", f"{ns.out}/kd_ce"])
+    kd_s, kd_cmd = run(
+        "train", [*common, *cached, "--kd_weight", "1.0", "--ce_weight", "0.0", "--output_dir", f"{ns.out}/kd"]
+    )
+    mix_s, mix_cmd = run(
+        "train", [*common, *cached, "--kd_weight", "0.5", "--ce_weight", "0.5", "--output_dir", f"{ns.out}/kd_ce"]
+    )
     ce_s, ce_cmd = run("finetune", [*common, "--output_dir", f"{ns.out}/ce_only"])
     table = [
-        {"model": "teacher: SmolLM2-135M (Q4_1 weights, de-quantised)", "dir": teacher, "seconds": None,
-         "command": "llm-distill fetch-teacher smollm2 --output assets/smollm2-135m"},
-        {"model": "student 6L: KD only, cached top-64 teacher logits", "dir": f"{ns.out}/kd",
-         "seconds": cache_s + kd_s, "command": f"{cache_cmd} && {kd_cmd}"},
-        {"model": "student 6L: 0.5 KD (same store) + 0.5 CE", "dir": f"{ns.out}/kd_ce",
-         "seconds": cache_s + mix_s, "command": f"{cache_cmd} && {mix_cmd}"},
-        {"model": "student 6L: cross-entropy only (no teacher)", "dir": f"{ns.out}/ce_only", "seconds": ce_s,
-         "command": ce_cmd},
+        {
+            "model": "teacher: SmolLM2-135M (Q4_1 weights, de-quantised)",
+            "dir": teacher,
+            "seconds": None,
+            "command": "llm-distill fetch-teacher smollm2 --output assets/smollm2-135m",
+        },
+        {
+            "model": "student 6L: KD only, cached top-64 teacher logits",
+            "dir": f"{ns.out}/kd",
+            "seconds": cache_s + kd_s,
+            "command": f"{cache_cmd} && {kd_cmd}",
+        },
+        {
+            "model": "student 6L: 0.5 KD (same store) + 0.5 CE",
+            "dir": f"{ns.out}/kd_ce",
+            "seconds": cache_s + mix_s,
+            "command": f"{cache_cmd} && {mix_cmd}",
+        },
+        {
+            "model": "student 6L: cross-entropy only (no teacher)",
+            "dir": f"{ns.out}/ce_only",
+            "seconds": ce_s,
+            "command": ce_cmd,
+        },
     ]
     from transformers import AutoModelForCausalLM
 
@@ -90,14 +126,18 @@ def main() -> None:
     settings = {k: getattr(ns, k) for k in ("steps", "batch_size", "max_length", "eval_tokens")}
     with open("benchmarks/results/quality_wikitext.json", "w") as fh:
         json.dump({"settings": settings, "cache_seconds": cache_s, "rows": table}, fh, indent=2)
-    print(f"\nWikiText-2 test, first {table[0]['num_tokens']} tokens, window 256 / stride 128; students trained "
-          f"{ns.steps} steps x {ns.batch_size} x {ns.max_length} tokens of WikiText-2 valid\n")
+    print(
+        f"\nWikiText-2 test, first {table[0]['num_tokens']} tokens, window 256 / stride 128; students trained "
+        f"{ns.steps} steps x {ns.batch_size} x {ns.max_length} tokens of WikiText-2 valid\n"
+    )
     print("| model | params | perplexity | bits/byte | wall time | command |")
     print("|---|---|---|---|---|---|")
     for r in table:
         wall = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "-"
-        print(f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['perplexity']:.2f} | {r['bits_per_byte']:.3f} "
-              f"| {wall} | `{r['command']}` |")
+        print(
+            f"| {r['model']} | {r['parameters'] / 1e6:.1f} M | {r['perplexity']:.2f} | {r['bits_per_byte']:.3f} "
+            f"| {wall} | `{r['command']}` |"
+        )
 
 
 if __name__ == "__main__":

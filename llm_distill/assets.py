@@ -47,8 +47,9 @@ def fetch(name: str, output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm-distill fetch-teacher", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="llm-distill fetch-teacher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("name", choices=sorted(PACKAGES))
     parser.add_argument("--output", required=True, help="folder to write (skipped when it already exists)")
     ns = parser.parse_args(argv)

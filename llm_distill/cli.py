@@ -123,8 +123,13 @@ def run_train(recipe) -> dict:
 
         teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, teacher_processing_class=teacher_tokenizer,
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        teacher_processing_class=teacher_tokenizer,
     )
     trainer.train(resume_from_checkpoint=resume_point(args))
     trainer.save_model(args.output_dir)
@@ -198,9 +203,17 @@ def cmd_cache_logits(argv: list[str]) -> int:
         accelerator = Accelerator(cpu=args.use_cpu)
     cache.setdefault("k", 0)
     store = cache_logits(
-        teacher, store_dataset(train_ds, eval_ds), DistillationCollator(tokenizer), output_dir=output_dir,
-        temperature=args.temperature, task=task, teacher_id=args.teacher_model_name_or_path, tokenizer=tokenizer,
-        max_length=data_cfg.max_length, accelerator=accelerator, **cache,
+        teacher,
+        store_dataset(train_ds, eval_ds),
+        DistillationCollator(tokenizer),
+        output_dir=output_dir,
+        temperature=args.temperature,
+        task=task,
+        teacher_id=args.teacher_model_name_or_path,
+        tokenizer=tokenizer,
+        max_length=data_cfg.max_length,
+        accelerator=accelerator,
+        **cache,
     )
     print(store)
     return 0
@@ -236,8 +249,15 @@ def cmd_fetch_teacher(argv: list[str]) -> int:
     return fetch_main(argv)
 
 
-COMMANDS = {"train": cmd_train, "finetune": cmd_finetune, "cache-logits": cmd_cache_logits, "eval": cmd_eval,
-            "report": cmd_report, "check": cmd_check, "fetch-teacher": cmd_fetch_teacher}
+COMMANDS = {
+    "train": cmd_train,
+    "finetune": cmd_finetune,
+    "cache-logits": cmd_cache_logits,
+    "eval": cmd_eval,
+    "report": cmd_report,
+    "check": cmd_check,
+    "fetch-teacher": cmd_fetch_teacher,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,9 @@ def shared_vocab_size(teacher_config, student_config, tokenizer, task: str) -> i
     if vt != vs:
         logger.warning(
             "teacher vocab_size=%d and student vocab_size=%d differ and no tokenizer was given to tell the real "
-            "token count; distilling over the first %d ids", vt, vs, min(vt, vs)
+            "token count; distilling over the first %d ids",
+            vt,
+            vs,
+            min(vt, vs),
         )
     return min(vt, vs)

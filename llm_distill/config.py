@@ -69,8 +69,10 @@ class DistillationConfig(TrainingArguments):
         },
     )
     scale_by_t2: bool = field(
-        default=True, metadata={"help": "Multiply the KD term by T^2 (Hinton et al.) so its gradient scale does not "
-                                "shrink as T grows."}
+        default=True,
+        metadata={
+            "help": "Multiply the KD term by T^2 (Hinton et al.) so its gradient scale does not shrink as T grows."
+        },
     )
     kd_weight: float = field(default=1.0, metadata={"help": "Weight of the logit distillation term (>= 0)."})
     ce_weight: float = field(default=0.0, metadata={"help": "Weight of the hard-label cross-entropy term (>= 0)."})

@@ -15,7 +15,12 @@ from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 DATA_TASKS = ("text", "instruction", "classification")
 LOCAL_FORMATS = {
-    ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".txt": "text", ".parquet": "parquet"
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".txt": "text",
+    ".parquet": "parquet",
 }
 
 
@@ -205,9 +210,7 @@ class DistillationCollator:
             if key == "labels" and not isinstance(rows[0][key], list | tuple):
                 batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)  # class labels
                 continue
-            batch[key] = torch.tensor(
-                [list(r[key]) + [pad] * (length - len(r[key])) for r in rows], dtype=torch.long
-            )
+            batch[key] = torch.tensor([list(r[key]) + [pad] * (length - len(r[key])) for r in rows], dtype=torch.long)
         if "sample_id" in rows[0]:
             batch["sample_id"] = torch.tensor([int(r["sample_id"]) for r in rows], dtype=torch.long)
         return batch

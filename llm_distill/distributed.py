@@ -61,8 +61,11 @@ def _zero3_inference_config(train_config: dict, model: nn.Module) -> dict:
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     if hidden:
         config["zero_optimization"].update(
-            {"reduce_bucket_size": hidden * hidden, "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
-             "stage3_param_persistence_threshold": 10 * hidden}
+            {
+                "reduce_bucket_size": hidden * hidden,
+                "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+                "stage3_param_persistence_threshold": 10 * hidden,
+            }
         )
     return config
 

@@ -41,7 +41,11 @@ def run_finetune(recipe, build_student) -> dict:
     train_ds = train_ds.remove_columns("sample_id")
     eval_ds = eval_ds.remove_columns("sample_id") if eval_ds is not None else None
     trainer = Trainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
         data_collator=DistillationCollator(tokenizer),
         compute_metrics=accuracy_metrics if task == "sequence_classification" else None,
     )

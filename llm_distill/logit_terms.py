@@ -44,25 +44,46 @@ def check_fusable(student: nn.Module) -> None:
         )
 
 
-def fused_logit_terms(student: nn.Module, final_hidden, teacher: TeacherOutputs, mask, labels, *, kd: dict,
-                      weights: tuple[float, float], vocab_size, chunk_size: int):
+def fused_logit_terms(
+    student: nn.Module,
+    final_hidden,
+    teacher: TeacherOutputs,
+    mask,
+    labels,
+    *,
+    kd: dict,
+    weights: tuple[float, float],
+    vocab_size,
+    chunk_size: int,
+):
     """(kd_sum, ce_sum, None) from the student's final normed hidden states ``(B, S, H)``, chunk by chunk.
 
     Only counted positions are projected; the agreement needs the full argmax and is not computed here.
     """
     head = student.get_output_embeddings()
     rows = mask.reshape(-1)
-    take = lambda t: t.reshape(-1, *t.shape[mask.dim():])[rows]  # noqa: E731  (B, S, ...) -> (n, ...)
+    take = lambda t: t.reshape(-1, *t.shape[mask.dim() :])[rows]  # noqa: E731  (B, S, ...) -> (n, ...)
     source = {}
     if teacher.sparse is not None:
         source["sparse_targets"] = teacher.sparse.map(take)
     elif teacher.final_hidden is not None:
-        source.update(teacher_hidden=take(teacher.final_hidden), teacher_weight=teacher.lm_head_weight,
-                      teacher_bias=teacher.lm_head_bias)
+        source.update(
+            teacher_hidden=take(teacher.final_hidden),
+            teacher_weight=teacher.lm_head_weight,
+            teacher_bias=teacher.lm_head_bias,
+        )
     else:
         source["teacher_logits"] = take(teacher.logits)
     kd_sum, ce_sum = fused_distillation_loss(
-        take(final_hidden), head.weight, head.bias, labels=take(labels), kd_weight=weights[0], ce_weight=weights[1],
-        chunk_size=chunk_size or None, vocab_size=vocab_size, **kd, **source,
+        take(final_hidden),
+        head.weight,
+        head.bias,
+        labels=take(labels),
+        kd_weight=weights[0],
+        ce_weight=weights[1],
+        chunk_size=chunk_size or None,
+        vocab_size=vocab_size,
+        **kd,
+        **source,
     )
     return kd_sum, ce_sum, None

@@ -17,10 +17,20 @@ import yaml
 from .config import DistillationConfig
 
 BLOCKS = ("teacher", "student", "dataset", "cache", "stages")
-TEACHER_KEYS = {"model_name_or_path": "teacher_model_name_or_path", "dtype": "teacher_dtype",
-                "logits_path": "teacher_logits_path"}
-STUDENT_KEYS = ("model_name_or_path", "from_teacher", "config_overrides", "num_labels", "dtype", "peft",
-                "attn_implementation")
+TEACHER_KEYS = {
+    "model_name_or_path": "teacher_model_name_or_path",
+    "dtype": "teacher_dtype",
+    "logits_path": "teacher_logits_path",
+}
+STUDENT_KEYS = (
+    "model_name_or_path",
+    "from_teacher",
+    "config_overrides",
+    "num_labels",
+    "dtype",
+    "peft",
+    "attn_implementation",
+)
 
 
 def reject_unknown_keys(values: dict, known, *, where: str) -> None:
@@ -137,8 +147,14 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         reject_unknown_keys(overrides_of_stage, config_field_names() + ["dataset"], where=f"stages[{i}]")
         stage_config = {**config, **{k: v for k, v in overrides_of_stage.items() if k != "dataset"}}
         DistillationConfig(**stage_config)  # every stage must be a valid config on its own, before any training
-    return Recipe(config=config, student=student, dataset=dataset, cache=raw.get("cache") or {}, stages=stages,
-                  source=str(path) if path else None)
+    return Recipe(
+        config=config,
+        student=student,
+        dataset=dataset,
+        cache=raw.get("cache") or {},
+        stages=stages,
+        source=str(path) if path else None,
+    )
 
 
 def stage_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
@@ -149,13 +165,22 @@ def stage_recipes(recipe: Recipe) -> list[tuple[str, Recipe]]:
     root = recipe.config.get("output_dir", "runs/distill")
     for stage in recipe.stages:
         name = stage["name"]
-        config = {**recipe.config, **{k: v for k, v in stage.items() if k not in ("name", "dataset")},
-                  "output_dir": os.path.join(root, name)}
+        config = {
+            **recipe.config,
+            **{k: v for k, v in stage.items() if k not in ("name", "dataset")},
+            "output_dir": os.path.join(root, name),
+        }
         dataset = {**recipe.dataset, **stage.get("dataset", {})}
-        student = recipe.student if previous is None else {
-            **{k: v for k, v in recipe.student.items() if k in ("peft", "attn_implementation")},
-            "model_name_or_path": previous}
-        out.append((name, Recipe(config=config, student=student, dataset=dataset, cache=recipe.cache,
-                                 source=recipe.source)))
+        student = (
+            recipe.student
+            if previous is None
+            else {
+                **{k: v for k, v in recipe.student.items() if k in ("peft", "attn_implementation")},
+                "model_name_or_path": previous,
+            }
+        )
+        out.append(
+            (name, Recipe(config=config, student=student, dataset=dataset, cache=recipe.cache, source=recipe.source))
+        )
         previous = config["output_dir"]
     return out

@@ -251,5 +251,10 @@ def expected_store_fingerprint(args, task: str, tokenizer, train_dataset, eval_d
     rows = None
     if train_dataset is not None and hasattr(train_dataset, "column_names"):
         rows = hash_dataset(store_dataset(train_dataset, eval_dataset))
-    return make_fingerprint(teacher_id=args.teacher_model_name_or_path, tokenizer=tokenizer, task=task,
-                            temperature=args.temperature, dataset_fingerprint=rows)
+    return make_fingerprint(
+        teacher_id=args.teacher_model_name_or_path,
+        tokenizer=tokenizer,
+        task=task,
+        temperature=args.temperature,
+        dataset_fingerprint=rows,
+    )

@@ -21,8 +21,12 @@ def infer_task(model) -> str:
     """Task of a (possibly peft-wrapped) model, from its class name."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     name = type(base).__name__
-    for suffix, task in (("ForCausalLM", "causal_lm"), ("LMHeadModel", "causal_lm"), ("ForMaskedLM", "masked_lm"),
-                         ("ForSequenceClassification", "sequence_classification")):
+    for suffix, task in (
+        ("ForCausalLM", "causal_lm"),
+        ("LMHeadModel", "causal_lm"),
+        ("ForMaskedLM", "masked_lm"),
+        ("ForSequenceClassification", "sequence_classification"),
+    ):
         if name.endswith(suffix):
             return task
     raise ValueError(

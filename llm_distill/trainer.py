@@ -101,14 +101,14 @@ class DistillationTrainer(Trainer):
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
-    def _build_teacher(self, teacher_model, args: DistillationConfig, student, tokenizer, train_dataset,
-                       eval_dataset):
+    def _build_teacher(self, teacher_model, args: DistillationConfig, student, tokenizer, train_dataset, eval_dataset):
         if args.teacher_logits_path:
             if teacher_model is not None:
                 raise ValueError("pass either teacher_model or teacher_logits_path, not both")
-            return CachedTeacher(args.teacher_logits_path,
-                                 expected=expected_store_fingerprint(args, self.task, tokenizer, train_dataset,
-                                                                     eval_dataset))
+            return CachedTeacher(
+                args.teacher_logits_path,
+                expected=expected_store_fingerprint(args, self.task, tokenizer, train_dataset, eval_dataset),
+            )
         if teacher_model is None and args.teacher_model_name_or_path is None:
             raise ValueError(
                 "no teacher: pass teacher_model=..., or set teacher_model_name_or_path or teacher_logits_path"
@@ -200,8 +200,10 @@ class DistillationTrainer(Trainer):
     def _teacher_targets(self, inputs: dict) -> TeacherOutputs:
         kwargs = {"want_final_hidden": self.fused}
         if self.features is not None:
-            kwargs.update(hidden_layers=self.features.teacher_hidden_layers,
-                          attention_layers=self.features.teacher_attention_layers)
+            kwargs.update(
+                hidden_layers=self.features.teacher_hidden_layers,
+                attention_layers=self.features.teacher_attention_layers,
+            )
         return self.teacher(inputs, **kwargs)
 
     @property
@@ -232,11 +234,20 @@ class DistillationTrainer(Trainer):
         if self.fused:
             weights = (args.kd_weight, args.ce_weight if want_ce else 0.0)
             kd_sum, ce_sum, agree = fused_logit_terms(
-                self.student, student_out["hidden_states"][-1], teacher_out, mask, labels, kd=kd, weights=weights,
-                vocab_size=self.kd_vocab_size, chunk_size=args.loss_chunk_size)
+                self.student,
+                student_out["hidden_states"][-1],
+                teacher_out,
+                mask,
+                labels,
+                kd=kd,
+                weights=weights,
+                vocab_size=self.kd_vocab_size,
+                chunk_size=args.loss_chunk_size,
+            )
         else:
-            kd_sum, ce_sum, agree = dense_logit_terms(student_out["logits"], teacher_out, mask, labels, kd=kd,
-                                                      vocab_size=self.kd_vocab_size, want_ce=want_ce)
+            kd_sum, ce_sum, agree = dense_logit_terms(
+                student_out["logits"], teacher_out, mask, labels, kd=kd, vocab_size=self.kd_vocab_size, want_ce=want_ce
+            )
 
         local_tokens = mask.sum()
         if mode == "train" and isinstance(num_items_in_batch, dict):
@@ -305,8 +316,12 @@ class DistillationTrainer(Trainer):
             "temperature": args.temperature,
             "jsd_beta": args.jsd_beta,
             "scale_by_t2": args.scale_by_t2,
-            "weights": {"kd": args.kd_weight, "ce": args.ce_weight, "hidden": args.hidden_weight,
-                        "attention": args.attention_weight},
+            "weights": {
+                "kd": args.kd_weight,
+                "ce": args.ce_weight,
+                "hidden": args.hidden_weight,
+                "attention": args.attention_weight,
+            },
             "layer_map": args.layer_map if args.uses_features else None,
             "kd_vocab_size": self.kd_vocab_size,
         }
@@ -327,8 +342,8 @@ class DistillationTrainer(Trainer):
     def _save_student_and_projections(self, output_dir: str, state_dict: dict | None) -> None:
         """Student weights as a plain ``save_pretrained`` folder; projections beside them in checkpoints only."""
         state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
-        student_state = {k[len("student."):]: v for k, v in state_dict.items() if k.startswith("student.")}
-        projections = {k[len("features."):]: v for k, v in state_dict.items() if k.startswith("features.")}
+        student_state = {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
+        projections = {k[len("features.") :]: v for k, v in state_dict.items() if k.startswith("features.")}
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)

@@ -30,8 +30,14 @@ def make_char_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]",
-        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
     )
 
 
@@ -40,23 +46,45 @@ def char_tokenizer() -> PreTrainedTokenizerFast:
     return make_char_tokenizer()
 
 
-def tiny_llama(vocab_size: int = 128, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0,
-               **overrides) -> LlamaForCausalLM:
+def tiny_llama(
+    vocab_size: int = 128, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0, **overrides
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), max_position_embeddings=256,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3, **overrides,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=3,
+        **overrides,
     )
     return LlamaForCausalLM(config)
 
 
-def tiny_bert_classifier(vocab_size: int = 128, layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0,
-                         num_labels: int = 2, **overrides) -> BertForSequenceClassification:
+def tiny_bert_classifier(
+    vocab_size: int = 128,
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 4,
+    seed: int = 0,
+    num_labels: int = 2,
+    **overrides,
+) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, max_position_embeddings=256, num_labels=num_labels, **overrides,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=256,
+        num_labels=num_labels,
+        **overrides,
     )
     return BertForSequenceClassification(config)
 

@@ -27,17 +27,31 @@ def main(output_dir: str, per_device_batch: int, mode: str) -> None:
         extra = {"teacher_logits_path": mode.split(":", 1)[1]}
         teacher = None
     args = DistillationConfig(
-        output_dir=output_dir, use_cpu=True, report_to="none", per_device_train_batch_size=per_device_batch,
-        max_steps=2, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0,
-        logging_steps=1, save_strategy="no", seed=0, data_seed=0, ce_weight=0.5, **extra,
+        output_dir=output_dir,
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=per_device_batch,
+        max_steps=2,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        ce_weight=0.5,
+        **extra,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                                  processing_class=tokenizer)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tokenizer
+    )
     trainer.train()
     if trainer.is_world_process_zero():
-        torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
-                   os.path.join(output_dir, "final.pt"))
+        torch.save(
+            {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, os.path.join(output_dir, "final.pt")
+        )
         with open(os.path.join(output_dir, "log.json"), "w") as fh:
             json.dump(trainer.state.log_history, fh)
 

@@ -24,9 +24,18 @@ def recipe(tmp_path):
         "teacher_model_name_or_path": str(tmp_path / "teacher"),
         "student": {"from_teacher": {"num_layers": 2}},
         "dataset": {"path": str(text), "max_length": 24, "packing": False, "eval_size": 4},
-        "per_device_train_batch_size": 4, "gradient_accumulation_steps": 2, "max_steps": 3, "logging_steps": 1,
-        "use_cpu": True, "save_strategy": "no", "report_to": "none", "seed": 3, "ce_weight": 0.25,
-        "learning_rate": 1e-2, "kd_loss": "jsd", "temperature": 2.0,
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 3,
+        "ce_weight": 0.25,
+        "learning_rate": 1e-2,
+        "kd_loss": "jsd",
+        "temperature": 2.0,
         "cache": {"output_dir": str(tmp_path / "store"), "k": len(tokenizer), "shard_size": 8, "dtype": "float32"},
     }
     path = tmp_path / "recipe.yaml"
@@ -41,8 +50,19 @@ def logs(output_dir):
 def test_store_at_full_vocab_trains_like_the_live_teacher(recipe, tmp_path):
     assert main(["cache-logits", str(recipe)]) == 0
     assert main(["train", str(recipe), "--output_dir", str(tmp_path / "live")]) == 0
-    assert main(["train", str(recipe), "--output_dir", str(tmp_path / "cached"),
-                 "--teacher_logits_path", str(tmp_path / "store")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recipe),
+                "--output_dir",
+                str(tmp_path / "cached"),
+                "--teacher_logits_path",
+                str(tmp_path / "store"),
+            ]
+        )
+        == 0
+    )
     live, cached = logs(tmp_path / "live"), logs(tmp_path / "cached")
     for a, b in zip(live, cached):
         for key in ("loss", "kd_loss", "ce_loss", "eval_kd_loss", "eval_agreement"):

@@ -71,8 +71,9 @@ def test_cli_overrides_win_over_yaml(tmp_path):
 
 
 def test_override_parsing_types():
-    parsed = parse_overrides(["--a", "1", "--b=1e-4", "--c", "true", "--d", "none", "--e", "[[1, 2]]", "--f",
-                              "--eval_strategy", "no"])
+    parsed = parse_overrides(
+        ["--a", "1", "--b=1e-4", "--c", "true", "--d", "none", "--e", "[[1, 2]]", "--f", "--eval_strategy", "no"]
+    )
     assert parsed == {"a": 1, "b": 1e-4, "c": True, "d": None, "e": [[1, 2]], "f": True, "eval_strategy": "no"}
 
 

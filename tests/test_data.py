@@ -59,8 +59,10 @@ def test_collator_pads_labels_with_minus_100_and_causal_mask_shifts():
     class Tok:
         pad_token_id = 0
 
-    rows = [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "sample_id": 3},
-            {"input_ids": [8], "attention_mask": [1], "labels": [8], "sample_id": 9}]
+    rows = [
+        {"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": [-100, 6, 7], "sample_id": 3},
+        {"input_ids": [8], "attention_mask": [1], "labels": [8], "sample_id": 9},
+    ]
     batch = DistillationCollator(Tok())(rows)
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["sample_id"].tolist() == [3, 9]

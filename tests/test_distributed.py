@@ -16,10 +16,19 @@ def run(output_dir, nproc, per_device_batch, mode):
     if nproc == 1:
         cmd = [sys.executable, WORKER]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_port", str(29500 + os.getpid() % 1000), WORKER]
-    result = subprocess.run(cmd + [str(output_dir), str(per_device_batch), mode], env=env, capture_output=True,
-                            text=True, timeout=600)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            str(29500 + os.getpid() % 1000),
+            WORKER,
+        ]
+    result = subprocess.run(
+        cmd + [str(output_dir), str(per_device_batch), mode], env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     state = torch.load(os.path.join(output_dir, "final.pt"))
     logs = json.load(open(os.path.join(output_dir, "log.json")))
@@ -36,9 +45,18 @@ def write_store(path):
     from llm_distill.data import DistillationCollator
 
     tokenizer = make_char_tokenizer()
-    cache_logits(tiny_llama(len(tokenizer), layers=4, hidden=48, seed=1), instruction_dataset(tokenizer, n=16),
-                 DistillationCollator(tokenizer), output_dir=path, k=len(tokenizer), temperature=1.0, shard_size=5,
-                 teacher_id="tiny", tokenizer=tokenizer, dtype="float32")
+    cache_logits(
+        tiny_llama(len(tokenizer), layers=4, hidden=48, seed=1),
+        instruction_dataset(tokenizer, n=16),
+        DistillationCollator(tokenizer),
+        output_dir=path,
+        k=len(tokenizer),
+        temperature=1.0,
+        shard_size=5,
+        teacher_id="tiny",
+        tokenizer=tokenizer,
+        dtype="float32",
+    )
     return f"cached:{path}"
 
 

@@ -35,11 +35,26 @@ def classification_dataset(n=24, seed=0):
 
 
 def feature_trainer(tmp_path, student, teacher, ds, callbacks=None, **kw):
-    settings = dict(per_device_train_batch_size=8, max_steps=4, learning_rate=1e-2, kd_weight=0.0, hidden_weight=1.0,
-                    attention_weight=1.0, layer_map="uniform", save_strategy="steps", save_steps=2)
+    settings = dict(
+        per_device_train_batch_size=8,
+        max_steps=4,
+        learning_rate=1e-2,
+        kd_weight=0.0,
+        hidden_weight=1.0,
+        attention_weight=1.0,
+        layer_map="uniform",
+        save_strategy="steps",
+        save_steps=2,
+    )
     settings.update(kw)
-    return DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, **settings),
-                               train_dataset=ds, data_collator=DistillationCollator(PadOnly()), callbacks=callbacks)
+    return DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path, **settings),
+        train_dataset=ds,
+        data_collator=DistillationCollator(PadOnly()),
+        callbacks=callbacks,
+    )
 
 
 def test_projections_train_checkpoint_resume_and_stay_out_of_the_export(tmp_path):
@@ -97,11 +112,22 @@ def test_feature_distillation_gradient_accumulation_equivalence(tmp_path, char_t
     for bs, ga in ((8, 1), (4, 2)):
         teacher = tiny_llama(len(char_tokenizer), layers=4, hidden=48, seed=1)
         student = tiny_llama(len(char_tokenizer), layers=2, hidden=32, seed=2)
-        args = make_args(tmp_path / str(bs), per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-                         max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0,
-                         hidden_weight=1.0, attention_weight=1.0, ce_weight=0.3)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                                      processing_class=char_tokenizer)
+        args = make_args(
+            tmp_path / str(bs),
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            hidden_weight=1.0,
+            attention_weight=1.0,
+            ce_weight=0.3,
+        )
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=char_tokenizer
+        )
         trainer.train()
         results.append(flat_params(trainer.model))
     torch.testing.assert_close(results[1], results[0], atol=2e-6, rtol=1e-5)
@@ -121,18 +147,29 @@ def test_two_stage_tinybert_recipe_runs_from_the_cli(tmp_path, monkeypatch, widt
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"sentence": s, "label": i % 2}) + "\n"
-                            for i, s in enumerate(["good", "bad", "a b c good", "bad x y", "good good"] * 4)))
+    data.write_text(
+        "".join(
+            json.dumps({"sentence": s, "label": i % 2}) + "\n"
+            for i, s in enumerate(["good", "bad", "a b c good", "bad x y", "good good"] * 4)
+        )
+    )
     recipe = {
         "output_dir": str(tmp_path / "run"),
         "teacher_model_name_or_path": str(tmp_path / "teacher"),
-        "student": {"from_teacher": {"num_layers": 2, "hidden_size": width, "num_attention_heads": 4,
-                                     "intermediate_size": 64}},
+        "student": {
+            "from_teacher": {"num_layers": 2, "hidden_size": width, "num_attention_heads": 4, "intermediate_size": 64}
+        },
         "dataset": {"path": str(data), "task": "classification", "text_column": "sentence", "max_length": 16},
-        "per_device_train_batch_size": 4, "max_steps": 3, "logging_steps": 1, "use_cpu": True,
-        "save_strategy": "no", "report_to": "none",
-        "stages": [{"name": "s1", "kd_weight": 0.0, "hidden_weight": 1.0, "attention_weight": 1.0},
-                   {"name": "s2", "kd_weight": 1.0}],
+        "per_device_train_batch_size": 4,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "use_cpu": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "stages": [
+            {"name": "s1", "kd_weight": 0.0, "hidden_weight": 1.0, "attention_weight": 1.0},
+            {"name": "s2", "kd_weight": 1.0},
+        ],
     }
     path = tmp_path / "tinybert.yaml"
     path.write_text(yaml.safe_dump(recipe))

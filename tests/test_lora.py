@@ -18,10 +18,13 @@ def test_lora_student_trains_saves_adapters_and_merges(tmp_path, char_tokenizer)
     student = apply_lora(base, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     lora_before = {n: p.clone() for n, p in student.named_parameters() if "lora_B" in n}
     frozen_before = {n: p.clone() for n, p in student.named_parameters() if not p.requires_grad}
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, processing_class=char_tokenizer,
-                                  train_dataset=instruction_dataset(char_tokenizer),
-                                  args=make_args(tmp_path, per_device_train_batch_size=4, max_steps=3,
-                                                 learning_rate=5e-2))
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        processing_class=char_tokenizer,
+        train_dataset=instruction_dataset(char_tokenizer),
+        args=make_args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=5e-2),
+    )
     trainer.train()
     params = dict(student.named_parameters())
     assert any(not torch.equal(params[n], v) for n, v in lora_before.items())  # adapters learned

@@ -29,11 +29,20 @@ def test_smollm2_teacher_distils_into_a_six_layer_student(tmp_path, smollm2):
     student = student_from_teacher(teacher, num_layers=6)
     cfg = DataConfig(path=os.path.join(DATA, "tinyshakespeare", "input.txt"), max_length=64, max_samples=400)
     train, _ = build_datasets(cfg, tokenizer)
-    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=6,
-                              per_device_train_batch_size=4, learning_rate=3e-4, logging_steps=1,
-                              save_strategy="no", loss_chunk_size=64)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
-                                  processing_class=tokenizer)
+    args = DistillationConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=3e-4,
+        logging_steps=1,
+        save_strategy="no",
+        loss_chunk_size=64,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train, processing_class=tokenizer
+    )
     trainer.train()
     kd = [e["kd_loss"] for e in trainer.state.log_history if "kd_loss" in e]
     assert kd[-1] < kd[0]
@@ -51,13 +60,28 @@ def test_minilm_teacher_becomes_a_classifier_and_a_feature_teacher(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, attn_implementation="eager")
     student = student_from_teacher(teacher, num_layers=2)
-    cfg = DataConfig(path=os.path.join(DATA, "sst2", "validation.jsonl"), task="classification",
-                     text_column="sentence", max_length=32, max_samples=64)
+    cfg = DataConfig(
+        path=os.path.join(DATA, "sst2", "validation.jsonl"),
+        task="classification",
+        text_column="sentence",
+        max_length=32,
+        max_samples=64,
+    )
     train, _ = build_datasets(cfg, tokenizer)
-    args = DistillationConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=3,
-                              per_device_train_batch_size=16, logging_steps=1, save_strategy="no",
-                              hidden_weight=1.0, attention_weight=1.0, layer_map="uniform")
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
-                                  processing_class=tokenizer)
+    args = DistillationConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        max_steps=3,
+        per_device_train_batch_size=16,
+        logging_steps=1,
+        save_strategy="no",
+        hidden_weight=1.0,
+        attention_weight=1.0,
+        layer_map="uniform",
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=train, processing_class=tokenizer
+    )
     trainer.train()
     assert {"hidden_loss", "attention_loss", "kd_loss"} <= set(trainer.state.log_history[0])

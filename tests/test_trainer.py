@@ -12,8 +12,16 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from llm_distill import DistillationConfig, DistillationTrainer
 from llm_distill.data import DataConfig, tokenize_instruction, with_sample_ids
 
-PROMPTS = ["Say hi:", "Count to three please:", "Q:", "Name a colour, any colour:", "x", "Tell me a fact:",
-           "Why?", "Answer briefly:"]
+PROMPTS = [
+    "Say hi:",
+    "Count to three please:",
+    "Q:",
+    "Name a colour, any colour:",
+    "x",
+    "Tell me a fact:",
+    "Why?",
+    "Answer briefly:",
+]
 RESPONSES = [" hi", " one two three", " A", " blue", " yes, x it is", " water is wet", " because", " ok"]
 
 
@@ -23,8 +31,16 @@ def instruction_dataset(tokenizer, n=16):
 
 
 def make_args(tmp_path, **kw):
-    defaults = dict(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", logging_steps=1,
-                    save_strategy="no", seed=0, data_seed=0, dataloader_drop_last=False)
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        data_seed=0,
+        dataloader_drop_last=False,
+    )
     defaults.update(kw)
     return DistillationConfig(**defaults)
 
@@ -41,11 +57,21 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, char_tokenizer, k
     for bs, ga in ((8, 1), (4, 2), (2, 4)):
         teacher = tiny_llama(len(char_tokenizer), layers=3, hidden=48, seed=1)
         student = tiny_llama(len(char_tokenizer), seed=2)
-        args = make_args(tmp_path / f"{bs}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
-                         max_steps=1, optim="sgd", learning_rate=1.0, lr_scheduler_type="constant",
-                         ce_weight=0.5, kd_loss=kd_loss, max_grad_norm=0.0)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                                      processing_class=char_tokenizer)
+        args = make_args(
+            tmp_path / f"{bs}",
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=1.0,
+            lr_scheduler_type="constant",
+            ce_weight=0.5,
+            kd_loss=kd_loss,
+            max_grad_norm=0.0,
+        )
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=char_tokenizer
+        )
         trainer.train()
         results.append(flat_params(student))
     initial = flat_params(tiny_llama(len(char_tokenizer), seed=2))
@@ -61,8 +87,9 @@ def test_teacher_is_frozen_and_gets_no_grad(tmp_path, char_tokenizer):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = tiny_llama(len(char_tokenizer), seed=2)
     args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=3, learning_rate=1e-2)
-    DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                        processing_class=char_tokenizer).train()
+    DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=char_tokenizer
+    ).train()
     assert not teacher.training
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, before[name]), name
@@ -74,8 +101,13 @@ def test_loss_ignores_logits_at_masked_positions(tmp_path, char_tokenizer):
     ds = instruction_dataset(char_tokenizer, n=4)
     teacher = tiny_llama(len(char_tokenizer), layers=3, hidden=48, seed=1)
     student = tiny_llama(len(char_tokenizer), seed=2)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, ce_weight=1.0),
-                                  train_dataset=ds, processing_class=char_tokenizer)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path, ce_weight=1.0),
+        train_dataset=ds,
+        processing_class=char_tokenizer,
+    )
     batch = trainer.data_collator([ds[i] for i in range(4)])
     from llm_distill.tasks import targets
 
@@ -112,11 +144,26 @@ def _run_causal(tmp_path, tokenizer, max_steps, resume=None, save_steps=2, stop_
     ds = instruction_dataset(tokenizer)
     teacher = tiny_llama(len(tokenizer), layers=3, hidden=48, seed=1)
     student = tiny_llama(len(tokenizer), seed=2)
-    args = make_args(tmp_path, per_device_train_batch_size=4, max_steps=max_steps, save_strategy="steps",
-                     save_steps=save_steps, learning_rate=1e-2, ce_weight=0.5, eval_strategy="steps", eval_steps=2)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                                  eval_dataset=ds.select(range(4)), processing_class=tokenizer,
-                                  callbacks=[StopAt(stop_at)] if stop_at else None)
+    args = make_args(
+        tmp_path,
+        per_device_train_batch_size=4,
+        max_steps=max_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        learning_rate=1e-2,
+        ce_weight=0.5,
+        eval_strategy="steps",
+        eval_steps=2,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=ds,
+        eval_dataset=ds.select(range(4)),
+        processing_class=tokenizer,
+        callbacks=[StopAt(stop_at)] if stop_at else None,
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -167,10 +214,23 @@ def test_bert_classifier_distils_and_reloads(tmp_path):
 
     from llm_distill.data import DistillationCollator
 
-    args = make_args(tmp_path, per_device_train_batch_size=8, max_steps=12, learning_rate=1e-2, temperature=2.0,
-                     eval_strategy="steps", eval_steps=3)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=ds,
-                                  eval_dataset=ds, data_collator=DistillationCollator(PadOnly()))
+    args = make_args(
+        tmp_path,
+        per_device_train_batch_size=8,
+        max_steps=12,
+        learning_rate=1e-2,
+        temperature=2.0,
+        eval_strategy="steps",
+        eval_steps=3,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=ds,
+        eval_dataset=ds,
+        data_collator=DistillationCollator(PadOnly()),
+    )
     assert trainer.task == "sequence_classification"
     before = trainer.evaluate()["eval_kd_loss"]
     trainer.train()
@@ -190,12 +250,18 @@ def test_mismatched_tokenizers_are_refused(tmp_path, char_tokenizer):
     # same size, two ids swapped: the silent kind of mismatch
     a, b = vocab["a"], vocab["b"]
     swapped.backend_tokenizer.model = type(swapped.backend_tokenizer.model)(
-        vocab={**vocab, "a": b, "b": a}, unk_token="[UNK]")
+        vocab={**vocab, "a": b, "b": a}, unk_token="[UNK]"
+    )
     teacher = tiny_llama(len(char_tokenizer), seed=1)
     student = tiny_llama(len(char_tokenizer), seed=2)
     with pytest.raises(ValueError, match="'a': teacher id"):
-        DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path),
-                            processing_class=char_tokenizer, teacher_processing_class=swapped)
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=make_args(tmp_path),
+            processing_class=char_tokenizer,
+            teacher_processing_class=swapped,
+        )
 
 
 def test_padded_vocabularies_are_distilled_over_the_real_tokens(tmp_path, char_tokenizer):
@@ -203,11 +269,17 @@ def test_padded_vocabularies_are_distilled_over_the_real_tokens(tmp_path, char_t
     teacher = tiny_llama(n + 24, layers=3, hidden=48, seed=1)  # embedding padded to a round size
     student = tiny_llama(n + 8, seed=2)
     ds = instruction_dataset(char_tokenizer, n=8)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, max_steps=1),
-                                  train_dataset=ds, processing_class=char_tokenizer)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=ds,
+        processing_class=char_tokenizer,
+    )
     assert trainer.kd_vocab_size == n
     trainer.train()
     too_small = tiny_llama(n - 1, seed=3)
     with pytest.raises(ValueError, match="tokenizer has"):
-        DistillationTrainer(model=too_small, teacher_model=teacher, args=make_args(tmp_path),
-                            processing_class=char_tokenizer)
+        DistillationTrainer(
+            model=too_small, teacher_model=teacher, args=make_args(tmp_path), processing_class=char_tokenizer
+        )
