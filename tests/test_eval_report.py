@@ -103,6 +103,7 @@ def test_report_for_classifiers(tmp_path):
     assert on_disk == report
     md = (out / "report.md").read_text()
     assert _check_tables(on_disk, md) >= 2 * 10 + 6
+    assert md.count("(curves_student.png)") == 1 and md.count("(summary.png)") == 1  # each plot shown once
 
     t, s = on_disk["models"]
     assert t["role"] == "teacher" and s["role"] == "student"

@@ -99,7 +99,8 @@ def markdown(report: dict) -> str:
                 f"  ![{m['name']} curves]({tr['plot']})",
             ]
         lines.append("")
-    lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
+    shown = {m["training"]["plot"] for m in trained}  # curves are already under their student
+    lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in report["plots"] if p not in shown] + [""]
     return "\n".join(lines)
 
 
