@@ -30,14 +30,32 @@ def _task_of(args, recipe) -> str:
     return "sequence_classification" if data_task == "classification" else "causal_lm"
 
 
+def _student_checkpoint(recipe) -> str | None:
+    """The checkpoint the student's weights (and so its tokenizer) come from, when it is not the teacher."""
+    return recipe.student.get("model_name_or_path") or (recipe.student.get("from_teacher") or {}).get("init_from")
+
+
 def _tokenizer(recipe, args):
     from transformers import AutoTokenizer
 
-    student_path = recipe.student.get("model_name_or_path")
-    source = student_path or args.teacher_model_name_or_path
+    source = _student_checkpoint(recipe) or args.teacher_model_name_or_path
     if source is None:
         raise ValueError("no tokenizer source: set student.model_name_or_path or teacher_model_name_or_path")
     return AutoTokenizer.from_pretrained(source)
+
+
+def _teacher_tokenizer(recipe, args, tokenizer):
+    """The teacher's tokenizer when the student has its own checkpoint, after checking that both map every token to
+    the same id (the teacher reads ids made by the student's tokenizer); ``None`` when they are one and the same."""
+    if not (_student_checkpoint(recipe) and args.teacher_model_name_or_path):
+        return None
+    from transformers import AutoTokenizer
+
+    from .compat import check_tokenizers
+
+    teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
+    check_tokenizers(teacher_tokenizer, tokenizer)
+    return teacher_tokenizer
 
 
 def _build_student(recipe, args, task: str, teacher):
@@ -106,9 +124,11 @@ def run_train(recipe) -> dict:
     task = _task_of(args, recipe)
     args.task = task
 
-    tokenizer = _tokenizer(recipe, args)
-    teacher = None
     live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
+    tokenizer = _tokenizer(recipe, args)
+    # Refuses a mismatch before anything heavy is loaded; a logit store is checked by its own fingerprint instead.
+    teacher_tokenizer = _teacher_tokenizer(recipe, args, tokenizer) if live else None
+    teacher = None
     if args.teacher_model_name_or_path and (live or recipe.student.get("from_teacher") is not None):
         attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
@@ -117,11 +137,6 @@ def run_train(recipe) -> dict:
         teacher = None  # it only shaped the student; targets come from the logit store
     with args.main_process_first(desc="tokenize"):
         train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
-    teacher_tokenizer = None
-    if recipe.student.get("model_name_or_path") and live:
-        from transformers import AutoTokenizer
-
-        teacher_tokenizer = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -162,7 +177,7 @@ def cmd_finetune(argv: list[str]) -> int:
     from .recipes import load_recipe
 
     path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
-    metrics = run_finetune(load_recipe(path, overrides), _build_student)
+    metrics = run_finetune(load_recipe(path, overrides), _build_student, _tokenizer)
     print(metrics)
     return 0
 
@@ -193,6 +208,7 @@ def cmd_cache_logits(argv: list[str]) -> int:
     data_cfg = DataConfig.from_dict(recipe.dataset)
     task = _task_of(args, recipe)
     tokenizer = _tokenizer(recipe, args)
+    _teacher_tokenizer(recipe, args, tokenizer)
     with args.main_process_first(desc="tokenize"):
         train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
     teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)

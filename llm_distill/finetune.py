@@ -17,18 +17,19 @@ def accuracy_metrics(eval_pred) -> dict:
     return {"accuracy": float((predictions == labels).mean())}
 
 
-def run_finetune(recipe, build_student) -> dict:
-    """Fine-tune ``recipe.student`` on ``recipe.dataset``; returns the final evaluation metrics."""
-    from transformers import AutoTokenizer
+def run_finetune(recipe, build_student, load_tokenizer) -> dict:
+    """Fine-tune ``recipe.student`` on ``recipe.dataset``; returns the final evaluation metrics.
 
+    ``build_student(recipe, args, task, teacher)`` and ``load_tokenizer(recipe, args)`` are the CLI's, so that a
+    baseline is built exactly like the student it is compared with.
+    """
     from .data import DataConfig, DistillationCollator, build_datasets
 
     args = recipe.training_args()
     data_cfg = DataConfig.from_dict(recipe.dataset)
     task = "sequence_classification" if data_cfg.task == "classification" else "causal_lm"
     args.task = task
-    source = recipe.student.get("model_name_or_path") or args.teacher_model_name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(recipe, args)
     teacher = None
     from_teacher = recipe.student.get("from_teacher")
     if from_teacher is not None and not from_teacher.get("init_from"):

@@ -243,3 +243,43 @@ def test_from_teacher_init_from_takes_the_layers_from_another_checkpoint(tmp_pat
     without = SimpleNamespace(student={"from_teacher": {"num_layers": 2}})
     with pytest.raises(ValueError, match="init_from"):
         _build_student(without, args, "sequence_classification", None)
+
+
+def test_init_from_with_another_tokenizer_is_refused_before_training(tmp_path):
+    """Embeddings copied from a checkpoint with other token ids would be silently wrong for the teacher's ids."""
+    import yaml
+    from conftest import make_char_tokenizer, tiny_llama
+
+    from llm_distill.cli import main
+
+    tokenizer = make_char_tokenizer()
+    vocab = dict(tokenizer.get_vocab())
+    swapped = make_char_tokenizer()
+    swapped.backend_tokenizer.model = type(swapped.backend_tokenizer.model)(
+        vocab={**vocab, "a": vocab["b"], "b": vocab["a"]}, unk_token="[UNK]"
+    )
+    for name, tok, seed in (("teacher", tokenizer, 1), ("pretrained", swapped, 2)):
+        tiny_llama(len(tokenizer), layers=3, seed=seed).save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(f"a line about b number {i}" for i in range(16)))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "output_dir": str(tmp_path / "run"),
+                "teacher_model_name_or_path": str(tmp_path / "teacher"),
+                "student": {"from_teacher": {"num_layers": 2, "init_from": str(tmp_path / "pretrained")}},
+                "dataset": {"path": str(text), "max_length": 16, "packing": False, "eval_size": 0},
+                "max_steps": 1,
+                "use_cpu": True,
+                "save_strategy": "no",
+                "report_to": "none",
+                "cache": {"output_dir": str(tmp_path / "store"), "k": 4},
+            }
+        )
+    )
+    for verb in ("train", "cache-logits"):
+        with pytest.raises(ValueError, match="'a': teacher id"):
+            main([verb, str(recipe)])
+    assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
