@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
+
+from _runs import run_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALIDATION = "../shared/data/sst2/validation.jsonl"
@@ -34,26 +35,6 @@ def params(model_dir: str) -> int:
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(model_dir).num_parameters()
-
-
-def train_seconds(run_dirs: list[str]) -> float:
-    """Training wall time as the Trainer measured it (`train_runtime`), summed over stages."""
-    total = 0.0
-    for d in run_dirs:
-        with open(os.path.join(d, "trainer_state.json")) as fh:
-            total += sum(e.get("train_runtime", 0.0) for e in json.load(fh)["log_history"])
-    return total
-
-
-def run(verb: str, recipe: str, overrides: list[str], run_dirs: list[str]) -> tuple[float, str]:
-    """Run a CLI verb in this process unless its outputs exist; returns (training seconds, the shell command)."""
-    from llm_distill.cli import main
-
-    argv = [verb, recipe, *overrides]
-    if not all(os.path.exists(os.path.join(d, "trainer_state.json")) for d in run_dirs):
-        if main(argv) != 0:
-            raise RuntimeError(f"llm-distill {' '.join(argv)} failed")
-    return train_seconds(run_dirs), "llm-distill " + shlex.join(argv)
 
 
 def main() -> None:
@@ -73,7 +54,7 @@ def main() -> None:
 
     pretrained = fetch("minilm", PRETRAINED)
     teacher = f"{ns.out}/teacher"
-    seconds, cmd = run(
+    seconds, cmd = run_training(
         "finetune",
         "configs/minilm_sst2_teacher.yaml",
         ["--dataset.max_samples", "null", "--warmup_steps", "100", "--output_dir", teacher],
@@ -94,7 +75,7 @@ def main() -> None:
     student = ["--student.from_teacher", f"{{num_layers: 4, layer_init: [1, 3, 4, 6], init_from: {pretrained}}}"]
 
     tiny = f"{ns.out}/tinybert"
-    seconds, cmd = run(
+    seconds, cmd = run_training(
         "train",
         "configs/tinybert_sst2.yaml",
         [*common, *stage_epochs, *student, "--output_dir", tiny],
@@ -109,7 +90,7 @@ def main() -> None:
         }
     )
     labels_only = f"{ns.out}/labels_only"
-    seconds, cmd = run(
+    seconds, cmd = run_training(
         "finetune",
         "configs/bert_sst2_logit_kd.yaml",
         [*common, *double, *student, "--output_dir", labels_only],
@@ -124,7 +105,7 @@ def main() -> None:
         }
     )
     if not ns.skip_logit_kd:
-        seconds, cmd = run(
+        seconds, cmd = run_training(
             "train",
             "configs/bert_sst2_logit_kd.yaml",
             [*common, *double, *student, "--output_dir", f"{ns.out}/logit_kd"],

@@ -9,7 +9,8 @@ tokens of WikiText-2 *test*.
     python benchmarks/quality_wikitext.py                 # defaults below, tens of minutes on 2 CPU cores
     python benchmarks/quality_wikitext.py --steps 50      # a quick look
 
-Prints a Markdown table and writes benchmarks/results/quality_wikitext.json.
+Finished steps are reused, so an interrupted benchmark picks up where it stopped. Prints a Markdown table and
+writes benchmarks/results/quality_wikitext.json.
 """
 
 from __future__ import annotations
@@ -17,23 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import time
+
+from _runs import run_timed, run_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_TEXT = "../shared/data/wikitext-2/valid.txt"
 TEST_TEXT = "../shared/data/wikitext-2/test.txt"
 RECIPE = "configs/causal_lm_cached.yaml"
-
-
-def run(verb: str, overrides: list[str]) -> tuple[float, str]:
-    from llm_distill.cli import main
-
-    argv = [verb, RECIPE, *overrides]
-    start = time.perf_counter()
-    if main(argv) != 0:
-        raise RuntimeError(f"llm-distill {' '.join(argv)} failed")
-    return time.perf_counter() - start, "llm-distill " + shlex.join(argv)
 
 
 def perplexity(model_dir: str, tokens: int) -> dict:
@@ -82,15 +73,17 @@ def main() -> None:
         "3e-4",
     ]
     store = f"{ns.out}/teacher-top64"
-    cache_s, cache_cmd = run("cache-logits", [*common, "--cache.output_dir", store])
+    cache_s, cache_cmd = run_timed("cache-logits", RECIPE, [*common, "--cache.output_dir", store], store)
     cached = ["--teacher_logits_path", store, "--loss_chunk_size", "128"]
-    kd_s, kd_cmd = run(
-        "train", [*common, *cached, "--kd_weight", "1.0", "--ce_weight", "0.0", "--output_dir", f"{ns.out}/kd"]
+    runs = {
+        "kd": ("train", [*cached, "--kd_weight", "1.0", "--ce_weight", "0.0"]),
+        "kd_ce": ("train", [*cached, "--kd_weight", "0.5", "--ce_weight", "0.5"]),
+        "ce_only": ("finetune", []),
+    }
+    (kd_s, kd_cmd), (mix_s, mix_cmd), (ce_s, ce_cmd) = (
+        run_training(verb, RECIPE, [*common, *extra, "--output_dir", f"{ns.out}/{name}"], [f"{ns.out}/{name}"])
+        for name, (verb, extra) in runs.items()
     )
-    mix_s, mix_cmd = run(
-        "train", [*common, *cached, "--kd_weight", "0.5", "--ce_weight", "0.5", "--output_dir", f"{ns.out}/kd_ce"]
-    )
-    ce_s, ce_cmd = run("finetune", [*common, "--output_dir", f"{ns.out}/ce_only"])
     table = [
         {
             "model": "teacher: SmolLM2-135M (Q4_1 weights, de-quantised)",
@@ -130,7 +123,7 @@ def main() -> None:
         f"\nWikiText-2 test, first {table[0]['num_tokens']} tokens, window 256 / stride 128; students trained "
         f"{ns.steps} steps x {ns.batch_size} x {ns.max_length} tokens of WikiText-2 valid\n"
     )
-    print("| model | params | perplexity | bits/byte | wall time | command |")
+    print("| model | params | perplexity | bits/byte | time (store + training) | command |")
     print("|---|---|---|---|---|---|")
     for r in table:
         wall = f"{r['seconds'] / 60:.1f} min" if r["seconds"] else "-"
