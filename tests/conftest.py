@@ -41,6 +41,16 @@ def make_char_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def make_swapped_char_tokenizer(a: str = "a", b: str = "b") -> PreTrainedTokenizerFast:
+    """The char tokenizer with the ids of two tokens swapped: same size, the silent kind of mismatch."""
+    tok = make_char_tokenizer()
+    vocab = dict(tok.get_vocab())
+    tok.backend_tokenizer.model = type(tok.backend_tokenizer.model)(
+        vocab={**vocab, a: vocab[b], b: vocab[a]}, unk_token="[UNK]"
+    )
+    return tok
+
+
 @pytest.fixture
 def char_tokenizer() -> PreTrainedTokenizerFast:
     return make_char_tokenizer()

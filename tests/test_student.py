@@ -248,17 +248,12 @@ def test_from_teacher_init_from_takes_the_layers_from_another_checkpoint(tmp_pat
 def test_init_from_with_another_tokenizer_is_refused_before_training(tmp_path):
     """Embeddings copied from a checkpoint with other token ids would be silently wrong for the teacher's ids."""
     import yaml
-    from conftest import make_char_tokenizer, tiny_llama
+    from conftest import make_char_tokenizer, make_swapped_char_tokenizer, tiny_llama
 
     from llm_distill.cli import main
 
     tokenizer = make_char_tokenizer()
-    vocab = dict(tokenizer.get_vocab())
-    swapped = make_char_tokenizer()
-    swapped.backend_tokenizer.model = type(swapped.backend_tokenizer.model)(
-        vocab={**vocab, "a": vocab["b"], "b": vocab["a"]}, unk_token="[UNK]"
-    )
-    for name, tok, seed in (("teacher", tokenizer, 1), ("pretrained", swapped, 2)):
+    for name, tok, seed in (("teacher", tokenizer, 1), ("pretrained", make_swapped_char_tokenizer(), 2)):
         tiny_llama(len(tokenizer), layers=3, seed=seed).save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
     text = tmp_path / "train.txt"

@@ -241,27 +241,24 @@ def test_bert_classifier_distils_and_reloads(tmp_path):
 
 
 def test_mismatched_tokenizers_are_refused(tmp_path, char_tokenizer):
-    from conftest import make_char_tokenizer
+    from conftest import make_char_tokenizer, make_swapped_char_tokenizer
 
-    other = make_char_tokenizer()
-    other.add_tokens(["<extra>"])
-    vocab = dict(char_tokenizer.get_vocab())
-    swapped = make_char_tokenizer()
-    # same size, two ids swapped: the silent kind of mismatch
-    a, b = vocab["a"], vocab["b"]
-    swapped.backend_tokenizer.model = type(swapped.backend_tokenizer.model)(
-        vocab={**vocab, "a": b, "b": a}, unk_token="[UNK]"
-    )
+    bigger = make_char_tokenizer()
+    bigger.add_tokens(["<extra>"])
     teacher = tiny_llama(len(char_tokenizer), seed=1)
     student = tiny_llama(len(char_tokenizer), seed=2)
-    with pytest.raises(ValueError, match="'a': teacher id"):
-        DistillationTrainer(
-            model=student,
-            teacher_model=teacher,
-            args=make_args(tmp_path),
-            processing_class=char_tokenizer,
-            teacher_processing_class=swapped,
-        )
+    for teacher_tokenizer, named in (
+        (bigger, "'<extra>': teacher id"),
+        (make_swapped_char_tokenizer(), "'a': teacher id"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            DistillationTrainer(
+                model=student,
+                teacher_model=teacher,
+                args=make_args(tmp_path),
+                processing_class=char_tokenizer,
+                teacher_processing_class=teacher_tokenizer,
+            )
 
 
 def test_padded_vocabularies_are_distilled_over_the_real_tokens(tmp_path, char_tokenizer):
