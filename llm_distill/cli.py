@@ -40,7 +40,10 @@ def _tokenizer(recipe, args):
 
     source = _student_checkpoint(recipe) or args.teacher_model_name_or_path
     if source is None:
-        raise ValueError("no tokenizer source: set student.model_name_or_path or teacher_model_name_or_path")
+        raise ValueError(
+            "no tokenizer source: set student.model_name_or_path, student.from_teacher.init_from or "
+            "teacher_model_name_or_path"
+        )
     return AutoTokenizer.from_pretrained(source)
 
 
@@ -208,7 +211,7 @@ def cmd_cache_logits(argv: list[str]) -> int:
     data_cfg = DataConfig.from_dict(recipe.dataset)
     task = _task_of(args, recipe)
     tokenizer = _tokenizer(recipe, args)
-    _teacher_tokenizer(recipe, args, tokenizer)
+    _teacher_tokenizer(recipe, args, tokenizer)  # for its check: the teacher will read this tokenizer's ids
     with args.main_process_first(desc="tokenize"):
         train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
     teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)
