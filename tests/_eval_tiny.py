@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 CORPUS = [
     "the film is a charming and often affecting journey .",
     "an unflinching and hilarious look at the absurdity of modern life .",
@@ -41,40 +39,27 @@ def tiny_tokenizer(vocab_size: int = 300):
 
 
 def tiny_llama(vocab_size: int = 320, layers: int = 2, hidden: int = 32, seed: int = 0, max_positions: int = 256):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """``conftest.tiny_llama`` in eval mode, with the BOS/EOS ids of ``tiny_tokenizer`` and an untied head."""
+    import conftest
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    return conftest.tiny_llama(
+        vocab_size,
+        layers,
+        hidden,
+        seed=seed,
         max_position_embeddings=max_positions,
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    ).eval()
 
 
 def tiny_bert_classifier(vocab_size: int = 320, layers: int = 2, hidden: int = 32, seed: int = 0, num_labels: int = 2):
-    from transformers import BertConfig, BertForSequenceClassification
+    import conftest
 
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        max_position_embeddings=128,
-        num_labels=num_labels,
-        pad_token_id=0,
-    )
-    return BertForSequenceClassification(config).eval()
+    return conftest.tiny_bert_classifier(
+        vocab_size, layers, hidden, seed=seed, num_labels=num_labels, max_position_embeddings=128
+    ).eval()
 
 
 def save(model, tokenizer, folder: Path) -> str:

@@ -66,12 +66,14 @@ def tiny_llama(
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-        **overrides,
+        **{
+            "num_key_value_heads": max(1, heads // 2),
+            "max_position_embeddings": 256,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+            **overrides,
+        },
     )
     return LlamaForCausalLM(config)
 
@@ -92,9 +94,8 @@ def tiny_bert_classifier(
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        max_position_embeddings=256,
         num_labels=num_labels,
-        **overrides,
+        **{"max_position_embeddings": 256, **overrides},
     )
     return BertForSequenceClassification(config)
 
