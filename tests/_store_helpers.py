@@ -4,23 +4,17 @@ from __future__ import annotations
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 VOCAB = 128
 
 
 def tiny_llama(seed: int = 0, vocab: int = VOCAB) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    model = LlamaForCausalLM(cfg).eval()
+    import conftest
+
+    model = conftest.tiny_llama(
+        vocab, seed=seed, max_position_embeddings=64, pad_token_id=None, bos_token_id=1, eos_token_id=2
+    ).eval()
     # Random init gives near-uniform logits; scale the head so the distributions are peaked like a real LM's.
     with torch.no_grad():
         model.lm_head.weight.mul_(40.0)
