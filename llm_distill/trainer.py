@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 from collections import defaultdict
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import find_labels
 
-from . import __version__
-from .compat import check_tokenizers, shared_vocab_size
+from ._version import __version__
 from .config import DistillationConfig
 from .data import DistillationCollator
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
-from .logit_terms import check_fusable, dense_logit_terms, fused_logit_terms
+from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
-from .store_fingerprint import expected_store_fingerprint
 from .tasks import infer_task, load_model, real_token_mask, targets
-from .teacher import CachedTeacher, LiveTeacher, TeacherOutputs, model_inputs, no_logits
+from .teacher import TeacherOutputs, build_teacher_source, model_inputs, no_logits
+from .vocab import check_tokenizers, shared_vocab_size
 
 METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
@@ -69,7 +70,14 @@ class DistillationTrainer(Trainer):
                 raise ValueError(f"model={model!r} is a name; set task so the right Auto class loads it")
             model = load_model(model, args.task)
         self.task = args.task if args.task != "auto" else infer_task(model)
-        self.teacher = self._build_teacher(teacher_model, args, model, processing_class, train_dataset, eval_dataset)
+        self.teacher = build_teacher_source(
+            teacher_model,
+            args,
+            task=self.task,
+            tokenizer=processing_class,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+        )
         self.features: FeatureDistiller | None = None
         if args.uses_features:
             model = self._wrap_with_features(model, args)
@@ -88,36 +96,15 @@ class DistillationTrainer(Trainer):
             # Trainer finds label names in the model's forward signature; the wrapper's is **inputs.
             self.label_names = find_labels(type(self.student))
         check_tokenizers(teacher_processing_class, processing_class)
-        self.kd_vocab_size = self._shared_vocab_size(processing_class)
+        self.kd_vocab_size = shared_vocab_size(
+            self.teacher.output_width(self.task), getattr(self.student, "config", None), processing_class, self.task
+        )
         if self.fused:
-            check_fusable(self.student)
-            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-                raise ValueError(
-                    "loss_chunk_size > 0 applies the lm_head weight outside the model's forward, which FSDP and "
-                    "DeepSpeed ZeRO-3 shard; use loss_chunk_size=0 with them (DDP and single devices are supported)"
-                )
-        self._place_teacher()
+            self._check_fusable()
+        self.teacher.place(self.accelerator, self.args.device)
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
 
     # ---- setup ------------------------------------------------------------------------------------------------
-
-    def _build_teacher(self, teacher_model, args: DistillationConfig, student, tokenizer, train_dataset, eval_dataset):
-        if args.teacher_logits_path:
-            if teacher_model is not None:
-                raise ValueError("pass either teacher_model or teacher_logits_path, not both")
-            return CachedTeacher(
-                args.teacher_logits_path,
-                expected=expected_store_fingerprint(args, self.task, tokenizer, train_dataset, eval_dataset),
-            )
-        if teacher_model is None and args.teacher_model_name_or_path is None:
-            raise ValueError(
-                "no teacher: pass teacher_model=..., or set teacher_model_name_or_path or teacher_logits_path"
-            )
-        if teacher_model is None or isinstance(teacher_model, str):
-            name = teacher_model or args.teacher_model_name_or_path
-            kwargs = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
-            teacher_model = load_model(name, self.task, dtype=args.teacher_dtype, **kwargs)
-        return LiveTeacher(teacher_model)
 
     def _wrap_with_features(self, student, args: DistillationConfig) -> StudentWithFeatures:
         attention_map = args.layer_map
@@ -136,38 +123,30 @@ class DistillationTrainer(Trainer):
         prepare_for_feature_distillation(self.teacher.model, attentions=self.features.needs_attentions)
         return StudentWithFeatures(student, self.features)
 
+    def _check_fusable(self) -> None:
+        """The fused path applies the lm_head weight itself: a plain linear layer, not sharded by the strategy."""
+        student = self.student
+        head = student.get_output_embeddings() if hasattr(student, "get_output_embeddings") else None
+        if type(head) is not nn.Linear:
+            raise ValueError(
+                f"loss_chunk_size > 0 needs the student's lm_head to be a plain nn.Linear, got {type(head).__name__}; "
+                "LoRA or modules_to_save on lm_head is not supported by the fused loss: set loss_chunk_size=0"
+            )
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ValueError(
+                "loss_chunk_size > 0 applies the lm_head weight outside the model's forward, which FSDP and "
+                "DeepSpeed ZeRO-3 shard; use loss_chunk_size=0 with them (DDP and single devices are supported)"
+            )
+
     @property
     def student(self) -> nn.Module:
         """The student model itself (without the feature-distillation wrapper or distributed wrappers)."""
         model = self.accelerator.unwrap_model(self.model)
         return model.student if isinstance(model, StudentWithFeatures) else model
 
-    def _shared_vocab_size(self, tokenizer) -> int | None:
-        student_config = getattr(self.student, "config", None)
-        teacher_config = self.teacher.config
-        if isinstance(self.teacher, CachedTeacher):
-            # The store knows the teacher's output width; stand in for the absent model config.
-            from types import SimpleNamespace
-
-            teacher_config = SimpleNamespace(vocab_size=self.teacher.vocab_size, num_labels=self.teacher.vocab_size)
-        return shared_vocab_size(teacher_config, student_config, tokenizer, self.task)
-
-    def _place_teacher(self) -> None:
-        if isinstance(self.teacher, CachedTeacher):
-            return  # targets are read from disk onto each batch's device
-        # DDP / single device: every process holds a full frozen replica; no wrapper, no gradient sync needed.
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            from .distributed import prepare_teacher
-
-            self.teacher.model = prepare_teacher(self.teacher.model, self.accelerator)
-        elif not getattr(self.teacher.model, "hf_device_map", None):
-            self.teacher.model.to(self.args.device)
-
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None and isinstance(self.model, StudentWithFeatures):
             # The wrapper's forward takes **inputs; the columns to keep are the student's.
-            import inspect
-
             self._signature_columns = list(inspect.signature(self.model.student.forward).parameters)
         super()._set_signature_columns_if_needed()
         # Cached-teacher lookups need the sample id; the student never sees it.
@@ -231,22 +210,29 @@ class DistillationTrainer(Trainer):
 
         kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
         want_ce = labels is not None and (args.ce_weight > 0 or mode == "eval")
+        common = dict(mask=mask, labels=labels, kd=kd, vocab_size=self.kd_vocab_size)
         if self.fused:
-            weights = (args.kd_weight, args.ce_weight if want_ce else 0.0)
+            head = self.student.get_output_embeddings()
             kd_sum, ce_sum, agree = fused_logit_terms(
-                self.student,
                 student_out["hidden_states"][-1],
-                teacher_out,
-                mask,
-                labels,
-                kd=kd,
-                weights=weights,
-                vocab_size=self.kd_vocab_size,
+                head.weight,
+                head.bias,
+                teacher_logits=teacher_out.logits,
+                teacher_hidden=teacher_out.final_hidden,
+                teacher_weight=teacher_out.lm_head_weight,
+                teacher_bias=teacher_out.lm_head_bias,
+                sparse=teacher_out.sparse,
+                weights=(args.kd_weight, args.ce_weight if want_ce else 0.0),
                 chunk_size=args.loss_chunk_size,
+                **common,
             )
         else:
             kd_sum, ce_sum, agree = dense_logit_terms(
-                student_out["logits"], teacher_out, mask, labels, kd=kd, vocab_size=self.kd_vocab_size, want_ce=want_ce
+                student_out["logits"],
+                teacher_logits=teacher_out.logits,
+                sparse=teacher_out.sparse,
+                want_ce=want_ce,
+                **common,
             )
 
         local_tokens = mask.sum()
@@ -304,14 +290,12 @@ class DistillationTrainer(Trainer):
 
     def distillation_metadata(self) -> dict:
         args: DistillationConfig = self.args
-        teacher_id = args.teacher_model_name_or_path or getattr(self.teacher.config, "_name_or_path", None)
-        if isinstance(self.teacher, CachedTeacher):
-            teacher_id = self.teacher.store.fingerprint.get("teacher_id")
         return {
             "llm_distill_version": __version__,
             "task": self.task,
-            "teacher": teacher_id,
-            "teacher_logits_path": args.teacher_logits_path,
+            "teacher": None,
+            "teacher_logits_path": None,
+            **self.teacher.describe(),
             "kd_loss": args.kd_loss,
             "temperature": args.temperature,
             "jsd_beta": args.jsd_beta,
@@ -352,8 +336,6 @@ class DistillationTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
         if os.path.basename(os.path.normpath(output_dir)).startswith("checkpoint-") and projections:
-            from safetensors.torch import save_file
-
             save_file({k: v.contiguous() for k, v in projections.items()}, os.path.join(output_dir, PROJECTIONS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
@@ -369,6 +351,4 @@ class DistillationTrainer(Trainer):
                 f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}: it was not written by a feature-distillation "
                 "run, so the hidden-state projections cannot be restored"
             )
-        from safetensors.torch import load_file
-
         wrapper.features.load_state_dict(load_file(path))

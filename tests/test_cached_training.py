@@ -9,7 +9,7 @@ from conftest import make_char_tokenizer, tiny_llama
 from safetensors.torch import load_file
 
 from llm_distill.cli import main
-from llm_distill.store_fingerprint import FingerprintMismatchError
+from llm_distill.teacher.store import FingerprintMismatchError
 
 
 @pytest.fixture

@@ -41,8 +41,8 @@ def write_store(path):
     from conftest import make_char_tokenizer, tiny_llama
     from test_trainer import instruction_dataset
 
-    from llm_distill.cache_logits import cache_logits
     from llm_distill.data import DistillationCollator
+    from llm_distill.teacher.store import cache_logits
 
     tokenizer = make_char_tokenizer()
     cache_logits(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llm_distill.layer_map import Projections, resolve_layer_map
+from llm_distill.features import Projections, resolve_layer_map
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,17 @@ import torch
 import torch.nn.functional as F
 from _store_helpers import VOCAB, Counting, CrashAfter, collate, left_collate, make_rows, tiny_llama, tiny_tokenizer
 
-from llm_distill.cache_logits import cache_logits
-from llm_distill.logit_store import CorruptShardError, LogitStore, LogitStoreError, counted_mask
 from llm_distill.losses import divergence, sparse_divergence
 from llm_distill.losses.divergences import LOG_FLOOR  # noqa: E402
-from llm_distill.store_fingerprint import (
+from llm_distill.teacher import CachedTeacher, LiveTeacher
+from llm_distill.teacher.store import CorruptShardError, LogitStore, LogitStoreError, cache_logits, counted_mask
+from llm_distill.teacher.store.fingerprint import (
     FINGERPRINT_FIELDS,
     FingerprintMismatchError,
     hash_state_dict,
     hash_tokenizer,
     make_fingerprint,
 )
-from llm_distill.teacher import CachedTeacher, LiveTeacher
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +291,7 @@ def test_sequence_classification_store(tmp_path, tokenizer):
 def test_dataset_content_hash_and_large_tensor_hash():
     from datasets import Dataset
 
-    from llm_distill.store_fingerprint import hash_dataset
+    from llm_distill.teacher.store.fingerprint import hash_dataset
 
     rows = make_rows(20)
     assert hash_dataset(rows) == hash_dataset(Dataset.from_list(rows))  # arrow path == row path

@@ -10,8 +10,8 @@ import torch
 import torch.multiprocessing as mp
 from _store_helpers import collate, make_rows, tiny_llama, tiny_tokenizer
 
-from llm_distill.logit_store import LogitStore, counted_mask
 from llm_distill.teacher import CachedTeacher
+from llm_distill.teacher.store import LogitStore, counted_mask
 
 
 def _free_port() -> int:
@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, out: str, use_accelerate: bool) ->
         LOCAL_RANK=str(rank),
         LOCAL_WORLD_SIZE=str(world),
     )
-    from llm_distill.cache_logits import cache_logits
+    from llm_distill.teacher.store import cache_logits
 
     accelerator = None
     if use_accelerate:

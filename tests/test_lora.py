@@ -8,8 +8,7 @@ from test_trainer import instruction_dataset, make_args
 from transformers import AutoModelForCausalLM
 
 from llm_distill import DistillationTrainer
-from llm_distill.cli import save_merged
-from llm_distill.student import apply_lora
+from llm_distill.student import apply_lora, save_merged
 
 
 def test_lora_student_trains_saves_adapters_and_merges(tmp_path, char_tokenizer):

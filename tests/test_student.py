@@ -223,7 +223,7 @@ def test_from_teacher_init_from_takes_the_layers_from_another_checkpoint(tmp_pat
     """A no-teacher baseline must be able to start from the pretrained model rather than the fine-tuned teacher."""
     from conftest import tiny_bert_classifier
 
-    from llm_distill.cli import _build_student
+    from llm_distill.recipes.run import build_student
 
     teacher = tiny_bert_classifier(layers=4, seed=1)
     pretrained = tiny_bert_classifier(layers=4, seed=2)
@@ -236,13 +236,13 @@ def test_from_teacher_init_from_takes_the_layers_from_another_checkpoint(tmp_pat
         return model.bert.encoder.layer[i].output.dense.weight
 
     for given_teacher in (teacher, None):  # the teacher is not needed to shape the student then
-        student = _build_student(recipe, args, "sequence_classification", given_teacher)
+        student = build_student(recipe, args, "sequence_classification", given_teacher)
         assert torch.equal(block(student, 0), block(pretrained, 1))
         assert torch.equal(block(student, 1), block(pretrained, 3))
         assert not torch.equal(block(student, 1), block(teacher, 3))
     without = SimpleNamespace(student={"from_teacher": {"num_layers": 2}})
     with pytest.raises(ValueError, match="init_from"):
-        _build_student(without, args, "sequence_classification", None)
+        build_student(without, args, "sequence_classification", None)
 
 
 def test_init_from_with_another_tokenizer_is_refused_before_training(tmp_path):

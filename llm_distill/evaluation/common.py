@@ -9,8 +9,10 @@ from typing import Any
 
 import torch
 
-# Local file suffix -> `datasets` builder name. Anything else is taken to be a hub dataset id.
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ..data import load_split
+from ..tasks import DTYPES, task_of_class_name
+from ..tasks import torch_dtype as resolve_dtype  # noqa: F401  (the verbs' name for it)
+
 REPORT_DIGITS = 4
 
 
@@ -48,16 +50,8 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(name: str) -> Any:
-    if name not in DTYPES:
-        raise ValueError(f"dtype={name!r} is not supported; expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
 def load_table(source: str, split: str = "validation", config_name: str | None = None, limit: int | None = None):
     """Load a dataset split from a local file (json/jsonl/csv/tsv/txt/parquet), a saved folder or a hub id."""
-    from ..data import load_split
-
     ds = load_split(source, config_name, split)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
@@ -108,9 +102,10 @@ def model_kind(path: str) -> str:
 
     config = AutoConfig.from_pretrained(path)
     archs = config.architectures or []
-    if any(a.endswith("ForSequenceClassification") for a in archs):
+    tasks = {task_of_class_name(a) for a in archs}
+    if "sequence_classification" in tasks:
         return "classification"
-    if any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+    if "causal_lm" in tasks:
         return "causal_lm"
     raise ValueError(
         f"cannot tell what {path!r} is from config.architectures={archs}; expected a *ForSequenceClassification or "

@@ -1,6 +1,19 @@
-"""Pure tensor losses: no model, tokenizer or trainer in here."""
+"""Pure tensor losses: no model, tokenizer or trainer in here; nothing else of the package is imported.
 
-from .divergences import DIVERGENCE_KINDS, divergence, divergence_from_logprobs, hard_ce, reduce_tokens
+``divergences`` (dense, per token), ``sparse`` (top-k + tail and sampled teacher targets), ``fused`` (chunked lm_head
++ divergence with closed-form gradients), ``terms`` (the KD/CE sums of a batch on either path), ``features``
+(hidden-state and attention-map losses).
+"""
+
+from .divergences import (
+    DIVERGENCE_KINDS,
+    check_kind,
+    check_temperature,
+    divergence,
+    divergence_from_logprobs,
+    hard_ce,
+    reduce_tokens,
+)
 from .features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
 from .fused import fused_distillation_loss
 from .sparse import SparseTargets, sparse_divergence
@@ -11,6 +24,8 @@ __all__ = [
     "HIDDEN_LOSS_KINDS",
     "SparseTargets",
     "attention_loss",
+    "check_kind",
+    "check_temperature",
     "divergence",
     "divergence_from_logprobs",
     "fused_distillation_loss",

@@ -1,7 +1,7 @@
 """Token-level divergences between teacher and student distributions.
 
 Everything here is a pure function of tensors. Logits may be any floating dtype; the arithmetic is done in fp32
-in log space. Conventions (see ARCHITECTURE.md, "Semantics that must not drift"), with p_T = softmax(z_T / T)
+in log space. Conventions (see docs/architecture.md, "Semantics that must not drift"), with p_T = softmax(z_T / T)
 and p_S = softmax(z_S / T):
 
 - ``forward_kl``  KL(p_T || p_S)
@@ -12,6 +12,11 @@ and p_S = softmax(z_S / T):
 - ``skew_kl``     KL(p_T || beta * p_T + (1 - beta) * p_S)        (DistiLLM, Ko et al. 2024)
 - ``skew_rkl``    KL(p_S || beta * p_S + (1 - beta) * p_T)
 - ``tvd``         0.5 * sum |p_T - p_S|
+
+A new divergence is added in three places that a test proves equal (``tests/test_fused_loss.py`` compares every
+kind of ``DIVERGENCE_KINDS`` dense vs sparse vs fused, values and gradients): ``divergence_from_logprobs`` here (dense
+and, through ``sparse.py``, the top-k + tail form), and its closed-form gradient in ``fused/kernels.py``
+(``dense_kind_grad`` and ``small_kind_grad``). See docs/architecture.md, "Adding a divergence".
 
 The result is multiplied by T**2 when ``scale_by_t2`` (Hinton et al. 2015: keeps gradient magnitudes comparable
 across temperatures).
@@ -33,11 +38,26 @@ REDUCTIONS = ("mean", "sum", "none")
 LOG_FLOOR = -100.0
 
 
-def check_kind(kind: str, beta: float) -> None:
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_kind(kind: str, beta: float, *, kind_field: str = "kind", beta_field: str = "beta") -> None:
+    """The one check of a divergence name and its mixing coefficient; ``*_field`` name the settings in errors."""
     if kind not in DIVERGENCE_KINDS:
-        raise ValueError(f"kind={kind!r} is not a known divergence; expected one of {', '.join(DIVERGENCE_KINDS)}")
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta={beta} is outside [0, 1]; jsd/skew_kl/skew_rkl need a mixing coefficient in [0, 1]")
+        raise ValueError(
+            f"{kind_field}={kind!r} is not a known divergence; expected one of {', '.join(DIVERGENCE_KINDS)}"
+        )
+    if not _is_number(beta) or not 0.0 <= beta <= 1.0:
+        raise ValueError(
+            f"{beta_field}={beta!r} is not accepted; jsd/skew_kl/skew_rkl need a mixing coefficient in [0, 1]"
+        )
+
+
+def check_temperature(temperature, *, field: str = "temperature") -> None:
+    """The one check of a softmax temperature: a finite number > 0."""
+    if not _is_number(temperature) or temperature <= 0:
+        raise ValueError(f"{field}={temperature!r} is not accepted; it must be a number > 0 (1.0 = no softening)")
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -131,8 +151,7 @@ def divergence(
         fp32 scalar (``mean``/``sum``) or ``(...)`` tensor (``none``).
     """
     check_kind(kind, beta)
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    check_temperature(temperature)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ; "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .divergences import LOG_FLOOR, check_kind, divergence_from_logprobs, reduce_tokens
+from .divergences import LOG_FLOOR, check_kind, check_temperature, divergence_from_logprobs, reduce_tokens
 
 
 @dataclass
@@ -87,8 +87,7 @@ def sparse_divergence(
     Arguments and return value as in :func:`llm_distill.losses.divergence`.
     """
     check_kind(kind, beta)
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    check_temperature(temperature)
     ls_full = F.log_softmax(student_logits.float() / temperature, dim=-1)
     per_token = sparse_divergence_from_logprobs(ls_full, targets, kind=kind, beta=beta)
     if scale_by_t2:

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-LAYER_MAP_SPECS = ("uniform", "last")
 LayerMapSpec = str | Sequence[Sequence[int]]
 
 

@@ -70,6 +70,13 @@ def _zero3_inference_config(train_config: dict, model: nn.Module) -> dict:
     return config
 
 
+def shards_teacher(accelerator) -> bool:
+    """True under the strategies that shard the teacher's weights (FSDP, DeepSpeed) rather than replicate them."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+
+
 def prepare_teacher(model: nn.Module, accelerator) -> nn.Module:
     """Place (and, for FSDP2 / ZeRO-3, shard) a frozen teacher for the accelerator's strategy."""
     from accelerate.utils import DistributedType

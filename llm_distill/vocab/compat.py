@@ -1,4 +1,4 @@
-"""Checks that a teacher and a student can be distilled into one another, before any training step."""
+"""Same-tokenizer pairs: both sides must map every token to the same id; padded vocabulary tails are cut."""
 
 from __future__ import annotations
 
@@ -33,18 +33,22 @@ def check_tokenizers(teacher_tokenizer, student_tokenizer) -> None:
         )
 
 
-def shared_vocab_size(teacher_config, student_config, tokenizer, task: str) -> int | None:
+def shared_vocab_size(teacher_width: int | None, student_config, tokenizer, task: str) -> int | None:
     """The number of leading logit columns to distil over, or None for classification.
 
-    Embedding matrices are often padded past the tokenizer (e.g. 151936 vs 152064 rows for one Qwen tokenizer);
-    the padded rows are not tokens, so both sides are cut to the tokenizer's real size.
+    ``teacher_width``: the teacher's output columns (``TeacherSource.output_width``): vocabulary rows, or its number
+    of labels for sequence classification. Embedding matrices are often padded past the tokenizer (e.g. 151936 vs
+    152064 rows for one Qwen tokenizer); the padded rows are not tokens, so both sides are cut to the tokenizer's real
+    size.
     """
     if task == "sequence_classification":
-        nt, ns = getattr(teacher_config, "num_labels", None), getattr(student_config, "num_labels", None)
-        if nt is not None and ns is not None and nt != ns:
-            raise ValueError(f"the teacher has num_labels={nt} but the student has num_labels={ns}; they must match")
+        ns = getattr(student_config, "num_labels", None)
+        if teacher_width is not None and ns is not None and teacher_width != ns:
+            raise ValueError(
+                f"the teacher has num_labels={teacher_width} but the student has num_labels={ns}; they must match"
+            )
         return None
-    vt, vs = getattr(teacher_config, "vocab_size", None), getattr(student_config, "vocab_size", None)
+    vt, vs = teacher_width, getattr(student_config, "vocab_size", None)
     if vt is None or vs is None:
         return None
     if tokenizer is not None:

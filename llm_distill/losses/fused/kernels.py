@@ -1,4 +1,4 @@
-"""Per-chunk closed-form losses and gradients for the fused vocabulary loss (see ``fused.py``).
+"""Per-chunk closed-form losses and gradients for the fused vocabulary loss (see ``autograd.py``).
 
 Every function here works on one chunk of C token rows whose student log-probabilities ``ls = log_softmax(z / T)``
 (fp32, ``(C, V)``) are already computed, and returns the per-row divergence (unscaled, no T**2) while writing the
@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .divergences import LOG_FLOOR
+from ..divergences import LOG_FLOOR
 
 
 def resolve_kind(kind: str, beta: float) -> str:

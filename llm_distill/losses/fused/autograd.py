@@ -3,9 +3,9 @@
 For N token rows the student logits are produced ``chunk_size`` rows at a time from the final hidden states and the
 lm_head, turned into the divergence against the teacher (dense logits, a live teacher's hidden states and lm_head,
 or sparse top-k / sampled targets) and the hard-label cross-entropy, and immediately into the gradients with respect
-to the hidden states, the lm_head weight and its bias, using the closed forms in ``fused_kernels.py``. Only
+to the hidden states, the lm_head weight and its bias, using the closed forms in ``kernels.py``. Only
 vocabulary-sized buffers of ``chunk_size`` rows (at most two fp32 ones, one bf16/fp16 one for low-precision weights,
-and one or two 64 MB blocks; reused across chunks, see ``fused_loop.py``) are ever allocated, so peak memory grows
+and one or two 64 MB blocks; reused across chunks, see ``loop.py``) are ever allocated, so peak memory grows
 with the chunk, not with N.
 
 Why the gradients are computed in the forward pass: the softmax, the teacher distribution and the logits matmul
@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from .divergences import LOG_FLOOR, check_kind
-from .fused_kernels import resolve_kind
-from .fused_loop import Problem, fused_pass
-from .sparse import SparseTargets
+from ..divergences import LOG_FLOOR, check_kind, check_temperature
+from ..sparse import SparseTargets
+from .kernels import resolve_kind
+from .loop import Problem, fused_pass
 
 
 def auto_chunk_size(vocab_size: int) -> int:
@@ -154,8 +154,7 @@ def _build_problem(
     kind, temperature, beta, scale_by_t2, chunk_size, vocab_size, ignore_index,
 ) -> Problem:  # fmt: skip
     check_kind(kind, beta)
-    if temperature <= 0:
-        raise ValueError(f"temperature={temperature} must be > 0")
+    check_temperature(temperature)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size} must be >= 1 (or None for auto_chunk_size)")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:

@@ -6,7 +6,6 @@ checked against the real schema so a typo fails before any model is loaded.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -14,7 +13,9 @@ from pathlib import Path
 
 import yaml
 
-from .config import DistillationConfig
+from ..checks import reject_unknown_keys
+from ..config import DistillationConfig
+from ..data import DataConfig
 
 BLOCKS = ("teacher", "student", "dataset", "cache", "stages")
 TEACHER_KEYS = {
@@ -31,15 +32,6 @@ STUDENT_KEYS = (
     "peft",
     "attn_implementation",
 )
-
-
-def reject_unknown_keys(values: dict, known, *, where: str) -> None:
-    known = list(known)
-    for key in values:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(sorted(known))}"
-            raise ValueError(f"unknown key {key!r} in {where}{hint}")
 
 
 def config_field_names() -> list[str]:
@@ -136,8 +128,6 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
     student = raw.get("student") or {}
     reject_unknown_keys(student, STUDENT_KEYS, where="student")
     dataset = raw.get("dataset") or {}
-    from .data import DataConfig
-
     reject_unknown_keys(dataset, [f.name for f in fields(DataConfig)], where="dataset")
     stages = raw.get("stages") or []
     for i, stage in enumerate(stages):

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .checkpoints import resume_point
+from ..data import DataConfig, DistillationCollator, build_datasets
+from ..tasks import load_model, task_for_data
+from .resume import resume_point
+from .run import build_student, load_tokenizer
+from .schema import Recipe
 
 
 def accuracy_metrics(eval_pred) -> dict:
@@ -17,24 +21,20 @@ def accuracy_metrics(eval_pred) -> dict:
     return {"accuracy": float((predictions == labels).mean())}
 
 
-def run_finetune(recipe, build_student, load_tokenizer) -> dict:
+def finetune(recipe: Recipe) -> dict:
     """Fine-tune ``recipe.student`` on ``recipe.dataset``; returns the final evaluation metrics.
 
-    ``build_student(recipe, args, task, teacher)`` and ``load_tokenizer(recipe, args)`` are the CLI's, so that a
-    baseline is built exactly like the student it is compared with.
+    The student and tokenizer are built by the same functions as a distillation run's, so that a baseline is built
+    exactly like the student it is compared with.
     """
-    from .data import DataConfig, DistillationCollator, build_datasets
-
     args = recipe.training_args()
     data_cfg = DataConfig.from_dict(recipe.dataset)
-    task = "sequence_classification" if data_cfg.task == "classification" else "causal_lm"
+    task = task_for_data(data_cfg.task)
     args.task = task
     tokenizer = load_tokenizer(recipe, args)
     teacher = None
     from_teacher = recipe.student.get("from_teacher")
     if from_teacher is not None and not from_teacher.get("init_from"):
-        from .tasks import load_model
-
         teacher = load_model(args.teacher_model_name_or_path, task)
     model = build_student(recipe, args, task, teacher)
     with args.main_process_first(desc="tokenize"):

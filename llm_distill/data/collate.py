@@ -1,0 +1,30 @@
+"""Batching rows of different lengths without changing what counts."""
+
+from __future__ import annotations
+
+import torch
+
+
+class DistillationCollator:
+    """Right-pads a list of rows: input ids with the pad id, labels with -100, attention mask with 0."""
+
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(r["input_ids"]) for r in rows)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad_values = {"input_ids": self.pad_id, "attention_mask": 0, "labels": -100, "token_type_ids": 0}
+        batch: dict[str, torch.Tensor] = {}
+        for key, pad in pad_values.items():
+            if key not in rows[0]:
+                continue
+            if key == "labels" and not isinstance(rows[0][key], list | tuple):
+                batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)  # class labels
+                continue
+            batch[key] = torch.tensor([list(r[key]) + [pad] * (length - len(r[key])) for r in rows], dtype=torch.long)
+        if "sample_id" in rows[0]:
+            batch["sample_id"] = torch.tensor([int(r["sample_id"]) for r in rows], dtype=torch.long)
+        return batch

@@ -1,0 +1,106 @@
+"""Raw rows -> tokenized rows with labels (-100 where a token does not count) and stable sample ids.
+
+Every row the trainer sees has ``input_ids``, ``attention_mask``, ``labels`` and ``sample_id`` (a stable integer per
+row, used to look targets up in a teacher logit store).
+"""
+
+from __future__ import annotations
+
+from itertools import chain
+
+from datasets import Dataset
+
+from .config import DataConfig
+from .load import load_raw
+
+
+def _require_columns(ds: Dataset, columns: list[str | None]) -> None:
+    missing = [c for c in columns if c and c not in ds.column_names]
+    if missing:
+        raise ValueError(f"dataset has no column(s) {missing}; available: {ds.column_names} (set dataset.*_column)")
+
+
+def tokenize_text(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
+    """Plain text for causal LMs: pack into ``max_length`` blocks (documents joined by EOS) or truncate."""
+    _require_columns(ds, [cfg.text_column])
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def encode(batch):
+        ids = tokenizer(batch[cfg.text_column], add_special_tokens=not cfg.packing)["input_ids"]
+        if not cfg.packing:
+            ids = [x[: cfg.max_length] for x in ids]
+            return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": ids}
+        stream = list(chain.from_iterable(x + eos for x in ids))
+        # The remainder shorter than a block is dropped, as in run_clm: a partial block would need padding.
+        n = len(stream) // cfg.max_length * cfg.max_length
+        blocks = [stream[i : i + cfg.max_length] for i in range(0, n, cfg.max_length)]
+        return {"input_ids": blocks, "attention_mask": [[1] * len(b) for b in blocks], "labels": blocks}
+
+    return ds.map(encode, batched=True, batch_size=1000, remove_columns=ds.column_names, desc="tokenize")
+
+
+def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
+    """Prompt/response or chat records; prompt tokens get label -100 so only the response is distilled."""
+    _require_columns(ds, [cfg.messages_column] if cfg.messages_column else [cfg.prompt_column, cfg.response_column])
+
+    def encode(row):
+        if cfg.messages_column:
+            messages = row[cfg.messages_column]
+            if not messages or messages[-1]["role"] != "assistant":
+                raise ValueError(f"{cfg.messages_column}: the last message must be the assistant's reply")
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
+            full = tokenizer.apply_chat_template(messages, tokenize=True)
+            prompt, full = list(_ids(prompt)), list(_ids(full))
+        else:
+            prompt = tokenizer(row[cfg.prompt_column])["input_ids"]
+            response = tokenizer(row[cfg.response_column], add_special_tokens=False)["input_ids"]
+            eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+            full = prompt + response + eos
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the prompt's tokens are not a prefix of the full conversation's; cannot mask the prompt")
+        full = full[: cfg.max_length]
+        labels = [-100] * min(len(prompt), len(full)) + full[len(prompt) :]
+        return {"input_ids": full, "attention_mask": [1] * len(full), "labels": labels}
+
+    return ds.map(encode, remove_columns=ds.column_names, desc="tokenize")
+
+
+def _ids(encoded):
+    return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
+
+
+def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
+    """Single sentences or sentence pairs with an integer class label."""
+    _require_columns(ds, [cfg.text_column, cfg.text_pair_column, cfg.label_column])
+
+    def encode(batch):
+        pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
+        enc = tokenizer(batch[cfg.text_column], pair, truncation=True, max_length=cfg.max_length)
+        enc["labels"] = [int(x) for x in batch[cfg.label_column]]
+        return dict(enc)
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+
+
+ENCODERS = {"text": tokenize_text, "instruction": tokenize_instruction, "classification": tokenize_classification}
+
+
+def with_sample_ids(ds: Dataset, start: int = 0) -> Dataset:
+    return ds.add_column("sample_id", list(range(start, start + len(ds))))
+
+
+def build_datasets(cfg: DataConfig, tokenizer) -> tuple[Dataset, Dataset | None]:
+    """Load, tokenize and attach sample ids. Deterministic: the same config and tokenizer give the same rows."""
+    train, evaluation = load_raw(cfg)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Padding positions are masked out of every loss, so which id pads them does not matter.
+        tokenizer.pad_token = tokenizer.eos_token
+    encode = ENCODERS[cfg.task]
+    train = with_sample_ids(encode(train, tokenizer, cfg))
+    # Evaluation ids continue after the training ids: one logit store can serve both without collisions.
+    evaluation = with_sample_ids(encode(evaluation, tokenizer, cfg), len(train)) if evaluation is not None else None
+    if len(train) == 0:
+        raise ValueError(
+            f"dataset {cfg.path!r} produced no training rows (max_length={cfg.max_length}, packing={cfg.packing})"
+        )
+    return train, evaluation

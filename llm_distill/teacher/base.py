@@ -1,0 +1,95 @@
+"""The teacher protocol: what every source of distillation targets provides, and the targets it returns.
+
+The trainer asks a ``TeacherSource`` for ``TeacherOutputs`` and never branches on the concrete source: a live model
+(``live.py``), a logit store (``cached.py``), or any source added later (several teachers, an EMA of the student,
+another tokenizer) behind the same methods. Positions are those of the *student's logits*: for a causal LM, position
+t holds the teacher's distribution for token t+1, exactly like ``logits[:, t]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from ..losses.sparse import SparseTargets
+
+
+@dataclass
+class TeacherOutputs:
+    """Targets for one batch.
+
+    logits: ``(B, S, V)`` (token tasks) or ``(B, C)`` (sequence classification), the teacher's dtype.
+    sparse: top-k / sampled targets with the same leading dims as ``logits`` would have.
+    hidden_states: teacher layer index (0 = embeddings) -> ``(B, S, H_T)``; only the layers asked for.
+    attentions: teacher layer index (1-based, layer i's self-attention) -> ``(B, heads, S, S)`` probabilities.
+    final_hidden: ``(B, S, H_T)`` final normed hidden states, for fused chunked losses that apply the lm_head
+    themselves; ``lm_head_weight``/``lm_head_bias`` go with it.
+    """
+
+    logits: torch.Tensor | None = None
+    sparse: SparseTargets | None = None
+    hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)
+    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
+    final_hidden: torch.Tensor | None = None
+    lm_head_weight: torch.Tensor | None = None
+    lm_head_bias: torch.Tensor | None = None
+
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The keys of a batch that a model forward takes (no labels: the teacher's own loss is never needed)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
+
+def no_logits(batch: dict) -> torch.Tensor:
+    """``logits_to_keep`` that keeps no position: the causal-LM head then projects an empty slice, so no
+    B x S x V logits are made while the forward still runs through every module (and any DDP wrapper)."""
+    return torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
+
+
+@runtime_checkable
+class TeacherSource(Protocol):
+    """What the trainer needs of a teacher, whatever it is.
+
+    Attributes:
+        model: the frozen ``nn.Module`` behind the targets, or None when there is none (a logit store). Feature
+            terms (hidden states, attention maps) and placement need it.
+        config: the teacher's model config, or None.
+    """
+
+    model: nn.Module | None
+    config: object | None
+
+    def __call__(
+        self,
+        batch: dict,
+        *,
+        hidden_layers: Sequence[int] = (),
+        attention_layers: Sequence[int] = (),
+        want_logits: bool = True,
+        want_final_hidden: bool = False,
+    ) -> TeacherOutputs:
+        """Targets for ``batch`` (see ``TeacherOutputs``); ``want_final_hidden`` asks for the final hidden states and
+        the lm_head instead of logits (the fused loss projects them chunk by chunk); a source that cannot provide
+        something asked for raises, naming what it lacks."""
+        ...
+
+    def output_width(self, task: str) -> int | None:
+        """Columns of the teacher's output for ``task``: its vocabulary rows (padded tails included) for token
+        tasks, its number of labels for sequence classification; None when unknown."""
+        ...
+
+    def place(self, accelerator, device) -> None:
+        """Put the teacher where the run's strategy wants it (device, FSDP2 / ZeRO-3 shards); no-op for sources
+        without a model."""
+        ...
+
+    def describe(self) -> dict:
+        """What the exported student's metadata records about its teacher (JSON scalars)."""
+        ...
