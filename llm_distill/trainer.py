@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -15,6 +16,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import find_labels
 
 from ._version import __version__
+from .checks import NonFiniteError
 from .config import DistillationConfig
 from .data import DistillationCollator
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
@@ -23,6 +25,8 @@ from .model_card import write_model_card
 from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import TeacherOutputs, build_teacher_source, model_inputs, no_logits
 from .vocab import check_tokenizers, shared_vocab_size
+
+logger = logging.getLogger(__name__)
 
 METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
@@ -65,6 +69,7 @@ class DistillationTrainer(Trainer):
             raise ValueError("args is required: pass a DistillationConfig(output_dir=..., ...)")
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}")
+        args.check_precision()
         if isinstance(model, str):
             if args.task == "auto":
                 raise ValueError(f"model={model!r} is a name; set task so the right Auto class loads it")
@@ -99,8 +104,7 @@ class DistillationTrainer(Trainer):
         self.kd_vocab_size = shared_vocab_size(
             self.teacher.output_width(self.task), getattr(self.student, "config", None), processing_class, self.task
         )
-        if self.fused:
-            self._check_fusable()
+        self.fused = self._decide_fused()
         self.teacher.place(self.accelerator, self.args.device)
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
 
@@ -123,20 +127,34 @@ class DistillationTrainer(Trainer):
         prepare_for_feature_distillation(self.teacher.model, attentions=self.features.needs_attentions)
         return StudentWithFeatures(student, self.features)
 
-    def _check_fusable(self) -> None:
-        """The fused path applies the lm_head weight itself: a plain linear layer, not sharded by the strategy."""
+    def _why_not_fused(self) -> str | None:
+        """Why the fused lm_head + divergence cannot run here, or None when it can."""
+        if self.task != "causal_lm":
+            return f"it applies to causal LMs, and this run distils {self.task}"
         student = self.student
         head = student.get_output_embeddings() if hasattr(student, "get_output_embeddings") else None
         if type(head) is not nn.Linear:
-            raise ValueError(
-                f"loss_chunk_size > 0 needs the student's lm_head to be a plain nn.Linear, got {type(head).__name__}; "
-                "LoRA or modules_to_save on lm_head is not supported by the fused loss: set loss_chunk_size=0"
+            return (
+                f"it needs the student's lm_head to be a plain nn.Linear, got {type(head).__name__} (LoRA or "
+                "modules_to_save on lm_head)"
             )
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            raise ValueError(
-                "loss_chunk_size > 0 applies the lm_head weight outside the model's forward, which FSDP and "
-                "DeepSpeed ZeRO-3 shard; use loss_chunk_size=0 with them (DDP and single devices are supported)"
-            )
+            return "it applies the lm_head weight outside the model's forward, which FSDP and DeepSpeed ZeRO-3 shard"
+        return None
+
+    def _decide_fused(self) -> bool:
+        """``loss_chunk_size``: 'auto' fuses wherever it applies and says why when it does not; a number insists."""
+        chunk = self.args.loss_chunk_size
+        if chunk == 0:
+            return False
+        reason = self._why_not_fused()
+        if reason is None:
+            logger.info("fused lm_head + divergence on (loss_chunk_size=%s)", chunk)
+            return True
+        if chunk == "auto":
+            logger.info("fused lm_head + divergence off: %s; full logits are materialised", reason)
+            return False
+        raise ValueError(f"loss_chunk_size={chunk} asks for the fused loss, but {reason}; set loss_chunk_size=0")
 
     @property
     def student(self) -> nn.Module:
@@ -176,19 +194,65 @@ class DistillationTrainer(Trainer):
             counts = self.accelerator.gather(counts).view(-1, len(COUNT_KEYS)).sum(0)
         return dict(zip(COUNT_KEYS, counts))
 
-    def _teacher_targets(self, inputs: dict) -> TeacherOutputs:
+    def _teacher_targets(self, inputs: dict, mask: torch.Tensor) -> TeacherOutputs:
         kwargs = {"want_final_hidden": self.fused}
         if self.features is not None:
             kwargs.update(
                 hidden_layers=self.features.teacher_hidden_layers,
                 attention_layers=self.features.teacher_attention_layers,
             )
-        return self.teacher(inputs, **kwargs)
+        out = self.teacher(inputs, **kwargs)
+        self._check_teacher_finite(out, mask)
+        return out
 
-    @property
-    def fused(self) -> bool:
-        """Fused chunked lm_head + divergence: causal LMs with ``loss_chunk_size > 0``."""
-        return self.task == "causal_lm" and self.args.loss_chunk_size > 0
+    def _where(self) -> str:
+        return f"step {self.state.global_step + 1}" if self.model.training else "evaluation"
+
+    def _check_teacher_finite(self, out: TeacherOutputs, mask: torch.Tensor) -> None:
+        """A NaN/inf in the targets would train the student on garbage (or log kd_loss 0): stop, naming the source."""
+        checks = {
+            "logits": out.logits,
+            "final hidden states": out.final_hidden,
+            "cached log-probabilities": None if out.sparse is None else out.sparse.logprobs,
+        }
+        for name, tensor in checks.items():
+            if tensor is None:
+                continue
+            finite = torch.isfinite(tensor)
+            while finite.dim() > mask.dim():
+                finite = finite.all(-1)
+            bad = int((~finite & mask).sum())
+            if bad:
+                raise NonFiniteError(
+                    f"{self._where()}: the teacher's {name} hold NaN or inf at {bad} of {int(mask.sum())} counted "
+                    f"positions (teacher: {self.teacher.describe()}); training stopped before any checkpoint or "
+                    "export was written. Check the teacher's weights (a NaN in a weight file) and its dtype (fp16 "
+                    "overflow)"
+                )
+
+    def _check_loss_finite(self, loss: torch.Tensor, terms: dict) -> None:
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            raise NonFiniteError(
+                f"{self._where()}: the loss is {float(loss)} (term sums: {values}); training stopped before any "
+                "checkpoint or export was written. Lower the learning rate, or check the student's weights and dtype"
+            )
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """Transformers computes the global gradient norm before every optimizer step; a non-finite one stops the run
+        there, before the step, the checkpoint or the export, naming the first parameter whose gradient is bad."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            bad = next(
+                (n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()),
+                "(on another process)",
+            )
+            raise NonFiniteError(
+                f"step {self.state.global_step + 1}: the gradient norm is {float(grad_norm)} (first non-finite "
+                f"gradient: {bad}); training stopped before the optimizer step, any checkpoint or export. Lower the "
+                "learning rate, or use bf16 instead of fp16"
+            )
+        return grad_norm
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DistillationConfig = self.args
@@ -196,7 +260,7 @@ class DistillationTrainer(Trainer):
         mask, labels = targets(inputs, self.task)
         if args.ce_weight > 0 and labels is None:
             raise ValueError("ce_weight > 0 but the batch has no labels; set ce_weight=0 for label-free data")
-        teacher_out = self._teacher_targets(inputs)
+        teacher_out = self._teacher_targets(inputs, mask)
         student_inputs = model_inputs(inputs)
         if self.fused:
             # Hidden states instead of logits: the fused loss projects counted positions chunk by chunk.
@@ -223,7 +287,7 @@ class DistillationTrainer(Trainer):
                 teacher_bias=teacher_out.lm_head_bias,
                 sparse=teacher_out.sparse,
                 weights=(args.kd_weight, args.ce_weight if want_ce else 0.0),
-                chunk_size=args.loss_chunk_size,
+                chunk_size=0 if args.loss_chunk_size == "auto" else args.loss_chunk_size,
                 **common,
             )
         else:
@@ -248,6 +312,7 @@ class DistillationTrainer(Trainer):
         for term, (term_sum, _) in feature_terms.items():
             loss = loss + weights[term] * term_sum / counts[term].clamp(min=1)
         loss = loss * scale
+        self._check_loss_finite(loss, {"kd": kd_sum, "ce": ce_sum, **{k: v for k, (v, _) in feature_terms.items()}})
 
         with torch.no_grad():
             sums = {"kd": kd_sum, "ce": ce_sum, "tokens": local_tokens}

@@ -76,10 +76,12 @@ def test_store_at_full_vocab_trains_like_the_live_teacher(recipe, tmp_path):
     assert meta["teacher_logits_path"] == str(tmp_path / "store")
 
 
-def test_store_refuses_another_temperature_or_dataset(recipe, tmp_path):
+def test_store_refuses_another_temperature_or_dataset(recipe, tmp_path, capsys):
     assert main(["cache-logits", str(recipe)]) == 0
     store = ["--teacher_logits_path", str(tmp_path / "store"), "--output_dir", str(tmp_path / "x")]
-    with pytest.raises(FingerprintMismatchError, match="temperature"):
-        main(["train", str(recipe), *store, "--temperature", "1.0"])
-    with pytest.raises(FingerprintMismatchError, match="dataset"):
-        main(["train", str(recipe), *store, "--dataset.max_length", "20"])
+    assert main(["train", str(recipe), *store, "--temperature", "1.0"]) == 2
+    assert "written with temperature=2.0 but this run uses temperature=1.0" in capsys.readouterr().err
+    assert main(["train", str(recipe), *store, "--dataset.max_length", "20"]) == 2
+    assert "dataset" in capsys.readouterr().err
+    with pytest.raises(FingerprintMismatchError, match="temperature"):  # --debug: the exception itself
+        main(["train", str(recipe), *store, "--temperature", "1.0", "--debug"])

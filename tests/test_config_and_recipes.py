@@ -72,9 +72,19 @@ def test_cli_overrides_win_over_yaml(tmp_path):
 
 def test_override_parsing_types():
     parsed = parse_overrides(
-        ["--a", "1", "--b=1e-4", "--c", "true", "--d", "none", "--e", "[[1, 2]]", "--f", "--eval_strategy", "no"]
+        ["--a", "1", "--b=1e-4", "--c", "true", "--d", "null", "--e", "[[1, 2]]", "--f", "--eval_strategy", "no"]
+        + ["--report_to", "none"]
     )
-    assert parsed == {"a": 1, "b": 1e-4, "c": True, "d": None, "e": [[1, 2]], "f": True, "eval_strategy": "no"}
+    assert parsed == {
+        "a": 1,
+        "b": 1e-4,
+        "c": True,
+        "d": None,
+        "e": [[1, 2]],
+        "f": True,
+        "eval_strategy": "no",
+        "report_to": "none",  # as transformers takes it: no integration (YAML's null is the way to say None)
+    }
 
 
 def test_teacher_block_maps_to_config_fields(tmp_path):

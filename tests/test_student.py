@@ -245,7 +245,7 @@ def test_from_teacher_init_from_takes_the_layers_from_another_checkpoint(tmp_pat
         build_student(without, args, "sequence_classification", None)
 
 
-def test_init_from_with_another_tokenizer_is_refused_before_training(tmp_path):
+def test_init_from_with_another_tokenizer_is_refused_before_training(tmp_path, capsys):
     """Embeddings copied from a checkpoint with other token ids would be silently wrong for the teacher's ids."""
     import yaml
     from conftest import make_char_tokenizer, make_swapped_char_tokenizer, tiny_llama
@@ -275,6 +275,6 @@ def test_init_from_with_another_tokenizer_is_refused_before_training(tmp_path):
         )
     )
     for verb in ("train", "cache-logits"):
-        with pytest.raises(ValueError, match="'a': teacher id"):
-            main([verb, str(recipe)])
+        assert main([verb, str(recipe)]) == 2
+        assert "'a': teacher id" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()

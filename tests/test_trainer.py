@@ -49,8 +49,9 @@ def flat_params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@pytest.mark.parametrize("chunk", ["auto", 0], ids=["fused", "dense"])
 @pytest.mark.parametrize("kd_loss", ["forward_kl", "jsd"])
-def test_gradient_accumulation_gives_the_same_update(tmp_path, char_tokenizer, kd_loss):
+def test_gradient_accumulation_gives_the_same_update(tmp_path, char_tokenizer, kd_loss, chunk):
     """8 x 1 and 4 x 2 must give identical weights: normalisation is over the window's tokens."""
     ds = instruction_dataset(char_tokenizer, n=8)
     results = []
@@ -68,6 +69,7 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path, char_tokenizer, k
             ce_weight=0.5,
             kd_loss=kd_loss,
             max_grad_norm=0.0,
+            loss_chunk_size=chunk,
         )
         trainer = DistillationTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=char_tokenizer
@@ -104,7 +106,7 @@ def test_loss_ignores_logits_at_masked_positions(tmp_path, char_tokenizer):
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
-        args=make_args(tmp_path, ce_weight=1.0),
+        args=make_args(tmp_path, ce_weight=1.0, loss_chunk_size=0),  # the full logits are what is perturbed
         train_dataset=ds,
         processing_class=char_tokenizer,
     )

@@ -307,8 +307,11 @@ class StudentWithFeatures(nn.Module):
         loss needs).
         """
         fd = self.features
-        want_hidden = fd.needs_hidden_states or bool(inputs.pop("output_hidden_states", False))
-        want_attn = fd.needs_attentions or bool(inputs.pop("output_attentions", False))
+        # Pop before the `or`: a short-circuit would leave the caller's flag in `inputs` and pass it twice.
+        asked_hidden = bool(inputs.pop("output_hidden_states", False))
+        asked_attn = bool(inputs.pop("output_attentions", False))
+        want_hidden = fd.needs_hidden_states or asked_hidden
+        want_attn = fd.needs_attentions or asked_attn
         out = self.student(
             **inputs, output_hidden_states=want_hidden or None, output_attentions=want_attn or None, return_dict=True
         )

@@ -75,8 +75,9 @@ def fused_logit_terms(
     weights: tuple[float, float],
     vocab_size: int | None,
     chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor, None]:
-    """``(kd_sum, ce_sum, None)`` from the student's final normed hidden states ``(B, S, H)``, chunk by chunk.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(kd_sum, ce_sum, agreement count)`` from the student's final normed hidden states ``(B, S, H)``, chunk by
+    chunk.
 
     Only counted positions (``mask``, ``(B, S)``) are projected. Teacher tensors have leading dims ``(B, S)``;
     ``teacher_weight`` is ``(V_T, H_T)``. ``weights`` = (kd_weight, ce_weight) the caller applies to the sums.
@@ -93,7 +94,7 @@ def fused_logit_terms(
         source.update(teacher_hidden=take(teacher_hidden), teacher_weight=teacher_weight, teacher_bias=teacher_bias)
     else:
         source["teacher_logits"] = take(teacher_logits)
-    kd_sum, ce_sum = fused_distillation_loss(
+    kd_sum, ce_sum, student_top1, top1 = fused_distillation_loss(
         take(final_hidden),
         head_weight,
         head_bias,
@@ -102,7 +103,12 @@ def fused_logit_terms(
         ce_weight=weights[1],
         chunk_size=chunk_size or None,
         vocab_size=vocab_size,
+        return_top1=True,
         **kd,
         **source,
     )
-    return kd_sum, ce_sum, None
+    with torch.no_grad():
+        if sparse is not None:
+            top1 = teacher_top1(sparse=source["sparse_targets"])
+        agree = (student_top1 == top1).sum()
+    return kd_sum, ce_sum, agree

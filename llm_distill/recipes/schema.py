@@ -6,16 +6,20 @@ checked against the real schema so a typo fails before any model is loaded.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
-from ..checks import reject_unknown_keys
+from ..checks import check_types, reject_unknown_keys
 from ..config import DistillationConfig
 from ..data import DataConfig
+from ..student import apply_lora, student_from_teacher
+from ..teacher.store import cache_logits
 
 BLOCKS = ("teacher", "student", "dataset", "cache", "stages")
 TEACHER_KEYS = {
@@ -23,19 +27,57 @@ TEACHER_KEYS = {
     "dtype": "teacher_dtype",
     "logits_path": "teacher_logits_path",
 }
-STUDENT_KEYS = (
-    "model_name_or_path",
-    "from_teacher",
-    "config_overrides",
-    "num_labels",
-    "dtype",
-    "peft",
-    "attn_implementation",
-)
+STUDENT_SPEC = {
+    "model_name_or_path": str,
+    "from_teacher": dict,
+    "config_overrides": dict,
+    "num_labels": int,
+    "dtype": str,
+    "peft": dict,
+    "attn_implementation": str,
+}
+CACHE_KEYS = ("output_dir", "k", "mode", "num_samples", "batch_size", "shard_size", "dtype", "seed")
 
 
 def config_field_names() -> list[str]:
     return [f.name for f in fields(DistillationConfig) if f.init]
+
+
+@functools.cache
+def config_hints() -> dict:
+    return typing.get_type_hints(DistillationConfig)
+
+
+def _parameters(function, skip: tuple[str, ...] = ()) -> dict:
+    """Keyword parameters of ``function`` and their type hints: a block's keys are the arguments it is passed to."""
+    hints = typing.get_type_hints(function)
+    return {name: hints.get(name) for name in list(hints) if name not in ("return", *skip)}
+
+
+@functools.cache
+def block_specs() -> dict[str, dict]:
+    """The keys (and their types) of every nested block, read from the functions they are passed to."""
+    return {
+        "student.from_teacher": {
+            **_parameters(student_from_teacher, skip=("teacher_model", "model_class", "attn_implementation")),
+            "init_from": str,
+        },
+        "student.peft": {**_parameters(apply_lora, skip=("model",)), "merge": bool},
+        "cache": {key: hint for key, hint in _parameters(cache_logits).items() if key in CACHE_KEYS}
+        | {"output_dir": str},
+    }
+
+
+def check_block(values, where: str, spec: dict) -> None:
+    """A nested block must be a mapping of known keys with values of the right type."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}={values!r} is not accepted; expected a mapping of keys to values")
+    reject_unknown_keys(values, spec, where=where)
+    check_types(values, spec, where=where)
+
+
+def check_config_values(config: dict, where: str = "") -> None:
+    check_types(config, config_hints(), where=where)
 
 
 @dataclass
@@ -69,10 +111,10 @@ def _parse_value(text: str):
     # YAML typing for CLI values: 3 -> int, 1e-4 -> float, true -> bool, [1, 2] -> list, anything else -> str.
     if text.lower() in ("yes", "no", "on", "off", "y", "n"):
         return text  # YAML 1.1 would make these booleans; `--eval_strategy no` means the string
-    value = _numbers(yaml.safe_load(text))
-    if isinstance(value, str) and value.lower() in ("none", "null"):
-        return None
-    return value
+    try:
+        return _numbers(yaml.safe_load(text))
+    except yaml.YAMLError:
+        return text  # not YAML (e.g. an unbalanced bracket in a path): the string as typed
 
 
 def parse_overrides(argv: list[str]) -> dict:
@@ -107,13 +149,38 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    raw: dict = {}
-    if path is not None:
+def read_yaml(path: str | Path) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"recipe {str(path)!r} does not exist (relative paths are from {os.getcwd()})")
+    try:
         with open(path) as fh:
             raw = yaml.safe_load(fh) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"recipe {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    except yaml.YAMLError as err:
+        raise ValueError(f"recipe {path} is not valid YAML: {' '.join(str(err).split())}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe {path} must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def check_student_block(student: dict) -> None:
+    check_block(student, "student", STUDENT_SPEC)
+    if student.get("model_name_or_path") and student.get("from_teacher") is not None:
+        raise ValueError(
+            f"student.model_name_or_path={student['model_name_or_path']!r} and student.from_teacher are both set; "
+            "keep one: a checkpoint to load, or a shape to build from the teacher (from_teacher.init_from names "
+            "another checkpoint of the teacher's family to copy layers from)"
+        )
+    specs = block_specs()
+    if student.get("from_teacher") is not None:
+        check_block(student["from_teacher"], "student.from_teacher", specs["student.from_teacher"])
+        if "num_layers" not in student["from_teacher"]:
+            raise ValueError("student.from_teacher needs num_layers (the student's number of blocks)")
+    if student.get("peft") is not None:
+        check_block(student["peft"], "student.peft", specs["student.peft"])
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    raw = read_yaml(path) if path is not None else {}
     raw = _merge(_numbers(raw), parse_overrides(overrides or []))
     reject_unknown_keys(raw, config_field_names() + list(BLOCKS), where=f"recipe {path or '(command line)'}")
 
@@ -125,23 +192,30 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             if field_name in config:
                 raise ValueError(f"teacher.{key} and {field_name} are both set; keep one")
             config[field_name] = teacher[key]
+    check_config_values(config)
     student = raw.get("student") or {}
-    reject_unknown_keys(student, STUDENT_KEYS, where="student")
+    check_student_block(student)
     dataset = raw.get("dataset") or {}
-    reject_unknown_keys(dataset, [f.name for f in fields(DataConfig)], where="dataset")
+    check_block(dataset, "dataset", typing.get_type_hints(DataConfig))
+    cache = raw.get("cache") or {}
+    check_block(cache, "cache", block_specs()["cache"])
     stages = raw.get("stages") or []
+    if not isinstance(stages, list):
+        raise ValueError(f"stages={stages!r} is not accepted; expected a list of mappings, each with a name")
     for i, stage in enumerate(stages):
         if not isinstance(stage, dict) or "name" not in stage:
             raise ValueError(f"stages[{i}] must be a mapping with a name and the keys it overrides")
         overrides_of_stage = {k: v for k, v in stage.items() if k != "name"}
         reject_unknown_keys(overrides_of_stage, config_field_names() + ["dataset"], where=f"stages[{i}]")
         stage_config = {**config, **{k: v for k, v in overrides_of_stage.items() if k != "dataset"}}
+        check_config_values(stage_config, where=f"stages[{i}]")
+        check_block({**dataset, **stage.get("dataset", {})}, f"stages[{i}].dataset", typing.get_type_hints(DataConfig))
         DistillationConfig(**stage_config)  # every stage must be a valid config on its own, before any training
     return Recipe(
         config=config,
         student=student,
         dataset=dataset,
-        cache=raw.get("cache") or {},
+        cache=cache,
         stages=stages,
         source=str(path) if path else None,
     )

@@ -106,7 +106,8 @@ def fused_distillation_loss(
     chunk_size: int | None = None,
     vocab_size: int | None = None,
     ignore_index: int = -100,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    return_top1: bool = False,
+) -> tuple[torch.Tensor, ...]:
     """Sum over counted tokens of the divergence and of the hard-label CE, without materialising student logits.
 
     Equals ``divergence(h @ W.T + b, teacher, mask=mask, reduction="sum", ...)`` (or ``sparse_divergence`` for
@@ -135,18 +136,35 @@ def fused_distillation_loss(
             ``chunk_size * V * 2`` for bf16/fp16), besides the ``V x H`` weight gradient.
         vocab_size: use only the first ``vocab_size`` columns of both sides (padded embedding matrices). Required
             when the student and teacher vocabularies differ.
+        return_top1: also return the student's and (dense teachers) the teacher's most likely id per row, ``(N,)``
+            int64, -1 on rows that are not counted (None for the teacher with ``sparse_targets``).
     Returns:
-        ``(kd_sum, ce_sum)``: fp32 scalars, both differentiable.
+        ``(kd_sum, ce_sum)``: fp32 scalars, both differentiable; with ``return_top1``, then ``(student_top1,
+        teacher_top1)``.
     """
     p = _build_problem(
         student_hidden, lm_head_weight, lm_head_bias, teacher_logits, teacher_hidden, teacher_weight, teacher_bias,
         sparse_targets, labels, mask, kind, temperature, beta, scale_by_t2, chunk_size, vocab_size, ignore_index,
     )  # fmt: skip
+    p.want_top1 = return_top1
     params = (student_hidden, lm_head_weight, lm_head_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params):
-        return _FusedLoss.apply(student_hidden, lm_head_weight, lm_head_bias, p, float(kd_weight), float(ce_weight))
-    kd, ce, *_ = fused_pass(p, 0.0, 0.0, (False, False, False))
-    return kd, ce
+        kd, ce = _FusedLoss.apply(student_hidden, lm_head_weight, lm_head_bias, p, float(kd_weight), float(ce_weight))
+    else:
+        kd, ce, *_ = fused_pass(p, 0.0, 0.0, (False, False, False))
+    if not return_top1:
+        return kd, ce
+    n = student_hidden.shape[0]
+    return kd, ce, _expand_rows(p, p.student_top1, n), _expand_rows(p, p.teacher_top1, n)
+
+
+def _expand_rows(p: Problem, values: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """(R,) values of the counted rows -> (N,) with -1 on the rows that were not counted."""
+    if values is None or p.rows is None:
+        return values
+    full = values.new_full((n,), -1)
+    full[p.rows] = values
+    return full
 
 
 def _build_problem(

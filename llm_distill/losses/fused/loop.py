@@ -43,6 +43,9 @@ class Problem:
     teacher_weight: torch.Tensor | None = None
     teacher_bias: torch.Tensor | None = None
     sparse: SparseTargets | None = None  # (R, k)
+    want_top1: bool = False  # also record each row's top-1 ids (the agreement metric), written by fused_pass:
+    student_top1: torch.Tensor | None = None  # (R,) int64
+    teacher_top1: torch.Tensor | None = None  # (R,) int64, dense teachers only (sparse targets carry their own)
 
     @property
     def has_kd(self) -> bool:
@@ -180,6 +183,8 @@ def _block_losses(p: Problem, plan: Plan, ch: Chunk, b0: int, b1: int, start: in
     if temp != 1.0:
         ls.div_(temp)
     torch._log_softmax(ls, 1, False, out=ls)
+    if p.student_top1 is not None:
+        p.student_top1[start + b0 : start + b1] = ls.argmax(1)
     s1 = s2 = None
     kd_in_s2 = False
     if plan.dense_teacher:
@@ -187,6 +192,8 @@ def _block_losses(p: Problem, plan: Plan, ch: Chunk, b0: int, b1: int, start: in
         if temp != 1.0:
             lt.div_(temp)
         torch._log_softmax(lt, 1, False, out=lt)
+        if p.teacher_top1 is not None:
+            p.teacher_top1[start + b0 : start + b1] = lt.argmax(1)
         if p.teacher_logits is not None:
             lt.clamp_(min=LOG_FLOOR)  # -inf logits (a masked vocabulary) would give 0 * -inf = NaN
         if p.kind == "forward_kl":
@@ -316,6 +323,9 @@ def fused_pass(
     plan = plan_pass(p, kd_scale, ce_scale, need)
     r = p.hidden.shape[0]
     v, device = p.vocab, p.hidden.device
+    if p.want_top1:
+        p.student_top1 = torch.empty(r, dtype=torch.long, device=device)
+        p.teacher_top1 = torch.empty(r, dtype=torch.long, device=device) if plan.dense_teacher else None
     w = p.weight[:v]
     b = None if p.bias is None else p.bias[:v]
     kd_total = torch.zeros((), dtype=torch.float32, device=device)

@@ -49,6 +49,8 @@ STORE_DTYPES = ("float16", "bfloat16", "float32")
 class LogitStoreError(RuntimeError):
     """A logit store is missing, incomplete, corrupted, or does not hold what was asked for."""
 
+    user_error = True  # the CLI prints the message, not a traceback: the message says how to repair the store
+
 
 class CorruptShardError(LogitStoreError):
     """A shard file is truncated or its bytes do not match the checksum in the manifest."""
