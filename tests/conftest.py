@@ -104,3 +104,24 @@ def tiny_bert_classifier(
 def llama_pair(char_tokenizer):
     vocab = len(char_tokenizer)
     return tiny_llama(vocab, layers=4, hidden=48, heads=4, seed=1), tiny_llama(vocab, layers=2, hidden=32, seed=2)
+
+
+def save_config_only_model(path, task: str, tokenizer=None, **overrides) -> str:
+    """A model folder with config.json and a tokenizer but no weights: all that pre-flight (`check`) may read.
+
+    ``task``: ``"sequence_classification"`` (a 6-layer BERT, like MiniLM) or ``"causal_lm"`` (a 30-layer Llama, like
+    SmolLM2), both tiny in width.
+    """
+    tokenizer = tokenizer or make_char_tokenizer()
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    if task == "sequence_classification":
+        config = BertConfig(num_hidden_layers=6, num_labels=2, max_position_embeddings=512, **common)
+        config.architectures = ["BertForSequenceClassification"]
+    else:
+        config = LlamaConfig(num_hidden_layers=30, num_key_value_heads=2, max_position_embeddings=2048, **common)
+        config.architectures = ["LlamaForCausalLM"]
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

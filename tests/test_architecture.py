@@ -80,3 +80,22 @@ def test_losses_import_nothing_else_of_the_package_and_nothing_imports_the_cli()
 
 def test_the_version_module_imports_nothing_of_the_package():
     assert import_graph()["llm_distill._version"] == set()
+
+
+def test_version_floors_match_pyproject_and_are_enforced(monkeypatch):
+    import re
+
+    from llm_distill import _requirements
+
+    pyproject = (PACKAGE.parent / "pyproject.toml").read_text()
+    for name, floor in _requirements.MINIMUM.items():
+        assert re.search(rf'"{name}>={re.escape(floor)}"', pyproject), name
+    assert _requirements._release("5.19.0.dev0") == (5, 19, 0) and _requirements._release("2.13.0+cpu") == (2, 13, 0)
+    monkeypatch.setattr(_requirements, "version", lambda name: "5.3.0" if name == "transformers" else "99.0")
+    assert _requirements.too_old() == ["transformers 5.3.0 (needs >= 5.19)"]
+    try:
+        _requirements.check_versions()
+    except ImportError as err:
+        assert "transformers>=5.19" in str(err)
+    else:
+        raise AssertionError("an old transformers must be refused at import")

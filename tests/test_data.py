@@ -44,7 +44,9 @@ def test_classification_rows_and_eval_split(tmp_path, char_tokenizer):
 def test_missing_column_is_named(tmp_path, char_tokenizer):
     path = tmp_path / "c.jsonl"
     path.write_text(json.dumps({"text": "a", "label": 0}) + "\n")
-    with pytest.raises(ValueError, match=r"no column\(s\) \['sentence'\].*available"):
+    with pytest.raises(
+        ValueError, match=r"dataset.text_column='sentence' is not a column.*columns are \['text', 'label'\]"
+    ):
         build_datasets(DataConfig(path=str(path), task="classification", text_column="sentence"), char_tokenizer)
 
 

@@ -141,8 +141,8 @@ def test_two_stage_tinybert_recipe_runs_from_the_cli(tmp_path, monkeypatch, widt
     from llm_distill.cli import main
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["good", "bad"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    # vocab= (a dict): transformers 5 builds a tokenizer of the special tokens alone from vocab_file=.
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
     teacher = tiny_bert_classifier(vocab_size=len(vocab), layers=4, hidden=48, heads=4, seed=1)
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")

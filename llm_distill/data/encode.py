@@ -14,15 +14,8 @@ from .config import DataConfig
 from .load import load_raw
 
 
-def _require_columns(ds: Dataset, columns: list[str | None]) -> None:
-    missing = [c for c in columns if c and c not in ds.column_names]
-    if missing:
-        raise ValueError(f"dataset has no column(s) {missing}; available: {ds.column_names} (set dataset.*_column)")
-
-
 def tokenize_text(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Plain text for causal LMs: pack into ``max_length`` blocks (documents joined by EOS) or truncate."""
-    _require_columns(ds, [cfg.text_column])
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(batch):
@@ -41,7 +34,6 @@ def tokenize_text(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
 
 def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Prompt/response or chat records; prompt tokens get label -100 so only the response is distilled."""
-    _require_columns(ds, [cfg.messages_column] if cfg.messages_column else [cfg.prompt_column, cfg.response_column])
 
     def encode(row):
         if cfg.messages_column:
@@ -71,7 +63,6 @@ def _ids(encoded):
 
 def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Single sentences or sentence pairs with an integer class label."""
-    _require_columns(ds, [cfg.text_column, cfg.text_pair_column, cfg.label_column])
 
     def encode(batch):
         pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
@@ -99,8 +90,25 @@ def build_datasets(cfg: DataConfig, tokenizer) -> tuple[Dataset, Dataset | None]
     train = with_sample_ids(encode(train, tokenizer, cfg))
     # Evaluation ids continue after the training ids: one logit store can serve both without collisions.
     evaluation = with_sample_ids(encode(evaluation, tokenizer, cfg), len(train)) if evaluation is not None else None
-    if len(train) == 0:
-        raise ValueError(
-            f"dataset {cfg.path!r} produced no training rows (max_length={cfg.max_length}, packing={cfg.packing})"
-        )
+    for name, ds in (("training", train), ("evaluation", evaluation)):
+        if ds is not None and counted_tokens(ds) == 0:
+            raise ValueError(
+                f"dataset {cfg.path!r} gives no {name} rows with a counted token (rows: {len(ds)}, "
+                f"dataset.max_length={cfg.max_length}, packing={cfg.packing}): nothing to distil or evaluate; check "
+                "the file, the columns, and that prompts leave room for responses within max_length"
+            )
     return train, evaluation
+
+
+def counted_tokens(ds: Dataset) -> int:
+    """Labels that count (not -100) over a tokenized dataset; a class label counts once per row."""
+    if len(ds) == 0:
+        return 0
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = ds.data.column("labels").combine_chunks()
+    values = (
+        pc.list_flatten(column) if pa.types.is_list(column.type) or pa.types.is_large_list(column.type) else column
+    )
+    return int(pc.sum(pc.not_equal(values, -100)).as_py() or 0)

@@ -18,30 +18,66 @@ LOCAL_FORMATS = {
 }
 
 
-def load_split(path: str, name: str | None = None, split: str = "train") -> Dataset:
-    """One split from a local file (the file *is* the split), a `save_to_disk` folder, or a hub dataset id."""
+def load_split(path: str, name: str | None = None, split: str = "train", *, field: str = "dataset.path") -> Dataset:
+    """One split from a local file (the file *is* the split), a `save_to_disk` folder, or a hub dataset id.
+
+    ``field`` names the setting in errors (a missing file, an empty file, a hub id that cannot be reached).
+    """
     ext = os.path.splitext(path)[1].lower()
     if ext in LOCAL_FORMATS:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"dataset path {path!r} does not exist (relative paths are from {os.getcwd()})")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{field}={path!r} does not exist (relative paths are from {os.getcwd()})")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{field}={path!r} is an empty file; there are no rows to train or evaluate on")
         kwargs = {"delimiter": "\t"} if ext == ".tsv" else {}
-        return load_dataset(LOCAL_FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
+        try:
+            return load_dataset(LOCAL_FORMATS[ext], data_files={"data": path}, split="data", **kwargs)
+        except StopIteration as err:  # datasets' json reader on a file of blank lines
+            raise ValueError(f"{field}={path!r} holds no rows") from err
     if os.path.isdir(path) and os.path.exists(os.path.join(path, "dataset_info.json")):
         loaded = load_from_disk(path)
         return loaded[split] if isinstance(loaded, DatasetDict) else loaded
-    return load_dataset(path, name, split=split)  # a hub id, or a folder with a loading script / data files
+    try:
+        return load_dataset(path, name, split=split)  # a hub id, or a folder with a loading script / data files
+    except (FileNotFoundError, ConnectionError, ValueError) as err:
+        raise ValueError(
+            f"{field}={path!r} is neither a local .json/.jsonl/.csv/.tsv/.txt/.parquet file nor a saved dataset "
+            f"folder, and could not be loaded as a hub dataset (split {split!r}): {' '.join(str(err).split())[:300]}"
+        ) from err
+
+
+def required_columns(cfg: DataConfig) -> dict[str, str]:
+    """The columns a dataset kind reads: setting name -> column name."""
+    if cfg.task == "text":
+        names = ["text_column"]
+    elif cfg.task == "instruction":
+        names = ["messages_column"] if cfg.messages_column else ["prompt_column", "response_column"]
+    else:
+        names = ["text_column", "text_pair_column", "label_column"]
+    return {f"dataset.{n}": getattr(cfg, n) for n in names if getattr(cfg, n)}
+
+
+def require_columns(ds: Dataset, cfg: DataConfig) -> None:
+    for setting, column in required_columns(cfg).items():
+        if column not in ds.column_names:
+            raise ValueError(
+                f"{setting}={column!r} is not a column of dataset {cfg.path!r}; its columns are {ds.column_names}"
+            )
 
 
 def load_raw(cfg: DataConfig) -> tuple[Dataset, Dataset | None]:
     train = load_split(cfg.path, cfg.name, cfg.split)
     evaluation = None
     if cfg.eval_path:
-        evaluation = load_split(cfg.eval_path, cfg.name, cfg.eval_split or "validation")
+        evaluation = load_split(cfg.eval_path, cfg.name, cfg.eval_split or "validation", field="dataset.eval_path")
     elif cfg.eval_split:
         evaluation = load_split(cfg.path, cfg.name, cfg.eval_split)
     elif cfg.eval_size:
         parts = train.train_test_split(test_size=cfg.eval_size, seed=cfg.seed)
         train, evaluation = parts["train"], parts["test"]
+    require_columns(train, cfg)
+    if evaluation is not None:
+        require_columns(evaluation, cfg)
     if cfg.task == "text":
         # Blank lines (paragraph breaks in text files) carry no tokens to learn from.
         keep = lambda row: bool(row[cfg.text_column] and row[cfg.text_column].strip())  # noqa: E731

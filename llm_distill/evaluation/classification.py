@@ -14,17 +14,19 @@ from collections.abc import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..tasks import load_tokenizer_of, model_config
 from .common import add_common_args, check_columns, load_table, resolve_device, resolve_dtype, rnd, write_json
 from .metrics import classification_metrics
 
 
 def load_classifier(path: str, device: str | torch.device | None = "auto", dtype: str = "float32"):
     """(model in eval mode on ``device``, tokenizer) from a saved ``AutoModelForSequenceClassification`` folder."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
+    model_config(path, "--model")  # a missing folder or one without a tokenizer is refused before the weights load
+    tokenizer = load_tokenizer_of(path, "--model")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=resolve_dtype(dtype))
     model.to(resolve_device(device) if not isinstance(device, torch.device) else device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         # Decoder classifiers (e.g. a Llama with a score head) ship without a pad token; reuse EOS for batching.
         tokenizer.pad_token = tokenizer.eos_token

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..losses.divergences import hard_ce
+from ..tasks import load_tokenizer_of, model_config
 from .common import add_common_args, load_text, resolve_device, resolve_dtype, rnd, write_json
 
 
@@ -161,11 +162,13 @@ def perplexity_of(
 
 
 def load_causal_lm(path: str, device: str | torch.device | None = "auto", dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    model_config(path, "--model")  # a missing folder or one without a tokenizer is refused before the weights load
+    tokenizer = load_tokenizer_of(path, "--model")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
     model.to(resolve_device(device) if not isinstance(device, torch.device) else device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
+    return model, tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -275,6 +275,26 @@ class FeatureDistiller(nn.Module):
         )
 
 
+def feature_distiller_for(args, student_config, teacher_config) -> FeatureDistiller | None:
+    """The ``FeatureDistiller`` a run's settings ask for (``hidden_weight``, ``attention_weight``, ``layer_map``,
+    ``hidden_loss``, ``attention_loss``), or None without feature terms; built from configs alone, so that a layer
+    map is checked before any weight is loaded."""
+    if not (args.hidden_weight > 0 or args.attention_weight > 0):
+        return None
+    attention_map = args.layer_map
+    if isinstance(attention_map, list):
+        # The embedding pair (0, 0) feeds the hidden-state loss only: embeddings have no attention map.
+        attention_map = [pair for pair in attention_map if 0 not in pair]
+    return FeatureDistiller.from_configs(
+        student_config,
+        teacher_config,
+        hidden_map=args.layer_map if args.hidden_weight > 0 else None,
+        attention_map=attention_map if args.attention_weight > 0 else None,
+        hidden_loss=args.hidden_loss,
+        attention_loss=args.attention_loss,
+    )
+
+
 class StudentWithFeatures(nn.Module):
     """The student and its ``FeatureDistiller`` as one module, with the feature losses computed inside ``forward``.
 

@@ -1,18 +1,24 @@
 """Plain supervised fine-tuning with the same recipes and data: teachers to distil from, and no-teacher baselines.
 
 Uses `transformers.Trainer` with the model's own cross-entropy; a recipe for it has the `dataset` and `student`
-blocks (the model to fine-tune) and TrainingArguments keys. Distillation-only keys are accepted but unused.
+blocks (the model to fine-tune) and TrainingArguments keys; the teacher, when named, only shapes the student.
 """
 
 from __future__ import annotations
 
-from transformers import Trainer
+import logging
 
-from ..data import DataConfig, DistillationCollator, build_datasets
-from ..tasks import load_model, task_for_data
+from transformers import Trainer, set_seed
+
+from ..data import DistillationCollator
+from ..tasks import load_model
+from .outdir import start_run
+from .preflight import preflight
 from .resume import resume_point
-from .run import build_student, load_tokenizer
+from .run import build_student
 from .schema import Recipe
+
+logger = logging.getLogger("llm_distill")
 
 
 def accuracy_metrics(eval_pred) -> dict:
@@ -27,30 +33,32 @@ def finetune(recipe: Recipe) -> dict:
     The student and tokenizer are built by the same functions as a distillation run's, so that a baseline is built
     exactly like the student it is compared with.
     """
-    args = recipe.training_args()
-    data_cfg = DataConfig.from_dict(recipe.dataset)
-    task = task_for_data(data_cfg.task)
-    args.task = task
-    tokenizer = load_tokenizer(recipe, args)
+    checked = preflight(recipe, "finetune")
+    args, task = checked.args, checked.task
+    if checked.output_state == "finished":
+        logger.warning(
+            "%s already finished; nothing to do (--overwrite_output_dir true trains it again)", args.output_dir
+        )
+        return {}
+    start_run(args, recipe)
     teacher = None
     from_teacher = recipe.student.get("from_teacher")
     if from_teacher is not None and not from_teacher.get("init_from"):
         teacher = load_model(args.teacher_model_name_or_path, task)
+    set_seed(args.seed)  # before the model: a random init must not depend on what was loaded before it
     model = build_student(recipe, args, task, teacher)
-    with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
-    train_ds = train_ds.remove_columns("sample_id")
-    eval_ds = eval_ds.remove_columns("sample_id") if eval_ds is not None else None
+    train_ds = checked.train_dataset.remove_columns("sample_id")
+    eval_ds = checked.eval_dataset.remove_columns("sample_id") if checked.eval_dataset is not None else None
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        data_collator=DistillationCollator(tokenizer),
+        processing_class=checked.tokenizer,
+        data_collator=DistillationCollator(checked.tokenizer),
         compute_metrics=accuracy_metrics if task == "sequence_classification" else None,
     )
-    trainer.train(resume_from_checkpoint=resume_point(args))
+    trainer.train(resume_from_checkpoint=resume_point(args, checked.output_state))
     trainer.save_model(args.output_dir)
     metrics = trainer.evaluate() if eval_ds is not None else {}
     if metrics:

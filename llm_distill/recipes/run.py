@@ -1,64 +1,35 @@
-"""A recipe, run: tokenizer, teacher, student and data built from the recipe's blocks, then training (every stage)
-or the teacher cached into a logit store. The CLI parses and dispatches; the work is done here."""
+"""A recipe, run: pre-flight first (``preflight.py``: nothing heavy is loaded until every check passed), then the
+teacher and the student, then training (every stage) or the teacher cached into a logit store. The CLI parses and
+dispatches; the work is done here."""
 
 from __future__ import annotations
 
 import logging
 import os
 
-from ..data import DataConfig, DistillationCollator, build_datasets
+from transformers import set_seed
+
+from ..data import DistillationCollator
 from ..student import apply_lora, save_merged, student_from_teacher
-from ..tasks import load_model, task_for_data
+from ..tasks import load_model
 from ..teacher.store import cache_logits, store_dataset
 from ..trainer import DistillationTrainer
-from ..vocab import check_tokenizers
+from .outdir import start_run
+from .preflight import Checked, preflight
 from .resume import resume_point
 from .schema import Recipe, stage_recipes
 
 logger = logging.getLogger("llm_distill")
 
 
-def recipe_task(args, recipe: Recipe) -> str:
-    """The task the run distils: ``task`` when set, else what the dataset kind trains."""
-    if args.task != "auto":
-        return args.task
-    return task_for_data(recipe.dataset.get("task", "text"))
-
-
-def student_checkpoint(recipe: Recipe) -> str | None:
-    """The checkpoint the student's weights (and so its tokenizer) come from, when it is not the teacher."""
-    return recipe.student.get("model_name_or_path") or (recipe.student.get("from_teacher") or {}).get("init_from")
-
-
-def load_tokenizer(recipe: Recipe, args):
-    """The tokenizer of the student's own checkpoint, else the teacher's."""
-    from transformers import AutoTokenizer
-
-    source = student_checkpoint(recipe) or args.teacher_model_name_or_path
-    if source is None:
-        raise ValueError(
-            "no tokenizer source: set student.model_name_or_path, student.from_teacher.init_from or "
-            "teacher_model_name_or_path"
-        )
-    return AutoTokenizer.from_pretrained(source)
-
-
-def teacher_tokenizer(recipe: Recipe, args, tokenizer):
-    """The teacher's tokenizer when the student has its own checkpoint, after checking that both map every token to
-    the same id (the teacher reads ids made by the student's tokenizer); ``None`` when they are one and the same."""
-    if not (student_checkpoint(recipe) and args.teacher_model_name_or_path):
-        return None
-    from transformers import AutoTokenizer
-
-    loaded = AutoTokenizer.from_pretrained(args.teacher_model_name_or_path)
-    check_tokenizers(loaded, tokenizer)
-    return loaded
-
-
 def build_student(recipe: Recipe, args, task: str, teacher):
-    """The student the recipe's ``student:`` block describes (shrunk from the teacher, or loaded), with LoRA."""
+    """The student the recipe's ``student:`` block describes (shrunk from the teacher, or loaded), with LoRA.
+
+    Call ``set_seed`` first: a randomly initialised student (or LoRA adapter) draws from the global generator.
+    """
     spec = dict(recipe.student)
     peft_spec = spec.pop("peft", None)
+    overrides = spec.get("config_overrides") or {}
     extra = {}
     if spec.get("num_labels") is not None:
         extra["num_labels"] = spec["num_labels"]
@@ -76,11 +47,12 @@ def build_student(recipe: Recipe, args, task: str, teacher):
             raise ValueError(
                 "student.from_teacher needs a live teacher (teacher_model_name_or_path) or from_teacher.init_from"
             )
-        student = student_from_teacher(source, **shape)
+        student = student_from_teacher(source, **shape, config_overrides=overrides)
         if "attn_implementation" in extra:
             student.set_attn_implementation(extra["attn_implementation"])
     elif spec.get("model_name_or_path"):
-        student = load_model(spec["model_name_or_path"], task, dtype=spec.get("dtype", "auto"), **extra)
+        dtype = spec.get("dtype", "auto")
+        student = load_model(spec["model_name_or_path"], task, dtype=dtype, **{**overrides, **extra})
     else:
         raise ValueError("the student block needs model_name_or_path or from_teacher")
     if peft_spec:
@@ -88,54 +60,59 @@ def build_student(recipe: Recipe, args, task: str, teacher):
     return student
 
 
-def train(recipe: Recipe) -> None:
-    """Train every stage of ``recipe`` in order; a finished stage (its ``trainer_state.json`` exists) is skipped."""
+def check_stages(recipe: Recipe, verb: str) -> list[tuple[str, Checked]]:
+    """Pre-flight of every stage, up front: a later stage's mistake is found before the first stage trains."""
+    checked, previous = [], None
     for name, stage in stage_recipes(recipe):
-        output_dir = stage.config["output_dir"]
-        if name and os.path.exists(os.path.join(output_dir, "trainer_state.json")):
-            logger.warning("stage %s already finished in %s; skipping it", name, output_dir)
+        previous = preflight(stage, verb, previous=previous)
+        checked.append((name, previous))
+    return checked
+
+
+def train(recipe: Recipe) -> None:
+    """Train every stage of ``recipe`` in order; a finished stage is skipped."""
+    stages = check_stages(recipe, "train")
+    for i, (name, checked) in enumerate(stages):
+        if i > 0:  # this stage's student is the previous stage's output, which exists only now
+            checked = preflight(checked.recipe, "train", previous=stages[i - 1][1])
+        where = f"stage {name} ({checked.args.output_dir})" if name else checked.args.output_dir
+        if checked.output_state == "finished":
+            logger.warning("%s already finished; nothing to do (--overwrite_output_dir true trains it again)", where)
             continue
         if name:
-            logger.info("stage %s -> %s", name, output_dir)
-        train_stage(stage)
+            logger.info("stage %s -> %s", name, checked.args.output_dir)
+        train_stage(checked)
 
 
-def train_stage(recipe: Recipe) -> dict:
-    """Train one recipe (one stage) end to end; returns the final evaluation metrics (empty without eval data)."""
-    args = recipe.training_args()  # validates every field before anything heavy is loaded
-    data_cfg = DataConfig.from_dict(recipe.dataset)
-    task = recipe_task(args, recipe)
-    args.task = task
-
+def train_stage(checked: Checked) -> dict:
+    """Train one checked recipe (one stage) end to end; returns the final evaluation metrics (empty without eval)."""
+    recipe, args, task = checked.recipe, checked.args, checked.task
     live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
-    tokenizer = load_tokenizer(recipe, args)
-    # Refuses a mismatch before anything heavy is loaded; a logit store is checked by its own fingerprint instead.
-    teacher_tok = teacher_tokenizer(recipe, args, tokenizer) if live else None
+    start_run(args, recipe)
     teacher = None
     if args.teacher_model_name_or_path and (live or recipe.student.get("from_teacher") is not None):
         attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
+    set_seed(args.seed)  # before the student: a random init must not depend on what was loaded before it
     student = build_student(recipe, args, task, teacher)
     if not live:
         teacher = None  # it only shaped the student; targets come from the logit store
-    with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        teacher_processing_class=teacher_tok,
+        train_dataset=checked.train_dataset,
+        eval_dataset=checked.eval_dataset,
+        processing_class=checked.tokenizer,
+        teacher_processing_class=checked.teacher_tokenizer,
     )
-    trainer.train(resume_from_checkpoint=resume_point(args))
+    trainer.train(resume_from_checkpoint=resume_point(args, checked.output_state))
     trainer.save_model(args.output_dir)
     if (recipe.student.get("peft") or {}).get("merge"):
         merged_dir = save_merged(trainer, os.path.join(args.output_dir, "merged"))
         logger.info("merged LoRA student written to %s", merged_dir)
     metrics = {}
-    if eval_ds is not None:
+    if checked.eval_dataset is not None:
         metrics = trainer.evaluate()
         trainer.save_metrics("eval", metrics)
     trainer.save_state()
@@ -144,22 +121,11 @@ def train_stage(recipe: Recipe) -> dict:
 
 def cache(recipe: Recipe):
     """Run the live teacher once over the recipe's train (+ eval) rows and write a logit store; returns its path."""
-    args = recipe.training_args()
+    checked = preflight(recipe, "cache-logits")
+    args, data = checked.args, checked.data
     settings = dict(recipe.cache)
     output_dir = settings.pop("output_dir", None) or args.teacher_logits_path
-    if not output_dir:
-        raise ValueError("set cache.output_dir (or teacher_logits_path) to say where the store goes")
-    if not args.teacher_model_name_or_path:
-        raise ValueError("cache-logits runs the live teacher: set teacher_model_name_or_path")
-    if "k" not in settings and settings.get("mode", "topk") == "topk":
-        raise ValueError("set cache.k, the number of teacher log-probabilities kept per token (e.g. 64)")
-    data_cfg = DataConfig.from_dict(recipe.dataset)
-    task = recipe_task(args, recipe)
-    tokenizer = load_tokenizer(recipe, args)
-    teacher_tokenizer(recipe, args, tokenizer)  # for its check: the teacher will read this tokenizer's ids
-    with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
-    teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)
+    teacher = load_model(args.teacher_model_name_or_path, checked.task, dtype=args.teacher_dtype)
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator
@@ -168,14 +134,15 @@ def cache(recipe: Recipe):
     settings.setdefault("k", 0)
     return cache_logits(
         teacher,
-        store_dataset(train_ds, eval_ds),
-        DistillationCollator(tokenizer),
+        store_dataset(checked.train_dataset, checked.eval_dataset),
+        DistillationCollator(checked.tokenizer),
         output_dir=output_dir,
         temperature=args.temperature,
-        task=task,
+        task=checked.task,
         teacher_id=args.teacher_model_name_or_path,
-        tokenizer=tokenizer,
-        max_length=data_cfg.max_length,
+        tokenizer=checked.tokenizer,
+        max_length=data.max_length,
         accelerator=accelerator,
+        vocab_size=len(checked.tokenizer),  # a padded embedding's extra rows are not tokens (token tasks)
         **settings,
     )

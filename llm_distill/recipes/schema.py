@@ -59,7 +59,9 @@ def block_specs() -> dict[str, dict]:
     """The keys (and their types) of every nested block, read from the functions they are passed to."""
     return {
         "student.from_teacher": {
-            **_parameters(student_from_teacher, skip=("teacher_model", "model_class", "attn_implementation")),
+            **_parameters(
+                student_from_teacher, skip=("teacher_model", "model_class", "attn_implementation", "config_overrides")
+            ),
             "init_from": str,
         },
         "student.peft": {**_parameters(apply_lora, skip=("model",)), "merge": bool},

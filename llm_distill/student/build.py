@@ -200,6 +200,46 @@ def _copy_weights(student: nn.Module, teacher: nn.Module, selection: list[int]) 
     return skipped
 
 
+def apply_config_overrides(config, overrides: dict | None, *, field: str = "student.config_overrides"):
+    """Set ``overrides`` on ``config``; a key the config class does not have is refused, not silently added."""
+    for key, value in (overrides or {}).items():
+        if not hasattr(config, key):
+            raise ValueError(
+                f"{field}.{key}={value!r} is not accepted; {type(config).__name__} has no setting {key!r}"
+            )
+        setattr(config, key, value)
+    return config
+
+
+def student_config(
+    teacher_config,
+    *,
+    num_layers: int,
+    hidden_size: int | None = None,
+    num_attention_heads: int | None = None,
+    intermediate_size: int | None = None,
+    num_key_value_heads: int | None = None,
+    head_dim: int | None = None,
+    layer_init: str | Sequence[int] | None = "uniform",
+    config_overrides: dict | None = None,
+):
+    """The student's config and the teacher blocks it copies: ``(config, selection)``, from configs alone (no
+    weights), so that a run can be checked before any model is loaded."""
+    n = int(teacher_config.num_hidden_layers)
+    selection = select_teacher_layers(layer_init if layer_init is not None else "uniform", num_layers, n)
+    config = shrink_config(
+        teacher_config,
+        num_layers=num_layers,
+        hidden_size=hidden_size,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size,
+        num_key_value_heads=num_key_value_heads,
+        head_dim=head_dim,
+        teacher_layers=selection,
+    )
+    return apply_config_overrides(config, config_overrides), selection
+
+
 def student_from_teacher(
     teacher_model,
     *,
@@ -210,6 +250,7 @@ def student_from_teacher(
     num_key_value_heads: int | None = None,
     head_dim: int | None = None,
     layer_init: str | Sequence[int] | None = "uniform",
+    config_overrides: dict | None = None,
     model_class: type | None = None,
     attn_implementation: str | None = None,
 ):
@@ -224,11 +265,10 @@ def student_from_teacher(
     The copied teacher layers are logged and stored on ``student.copied_teacher_layers`` (1-based, ``[]`` when
     nothing was copied); the trainer can write them into the distillation metadata. Tied input/output embeddings
     stay tied (the tensors are copied in place). The student is fp32, whatever the teacher's dtype.
+    ``config_overrides`` sets further config entries (e.g. dropout) on the shrunk config.
     """
     teacher_config = teacher_model.config
-    n = int(teacher_config.num_hidden_layers)
-    selection = select_teacher_layers(layer_init if layer_init is not None else "uniform", num_layers, n)
-    config = shrink_config(
+    config, selection = student_config(
         teacher_config,
         num_layers=num_layers,
         hidden_size=hidden_size,
@@ -236,7 +276,8 @@ def student_from_teacher(
         intermediate_size=intermediate_size,
         num_key_value_heads=num_key_value_heads,
         head_dim=head_dim,
-        teacher_layers=selection,
+        layer_init=layer_init,
+        config_overrides=config_overrides,
     )
     impl = attn_implementation or getattr(teacher_config, "_attn_implementation", None)
     if impl is not None:

@@ -20,10 +20,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ...checks import NonFiniteError
 from ...losses.divergences import LOG_FLOOR, check_temperature
 from ...tasks import TASKS, torch_dtype
 from ..live import LiveTeacher
-from .fingerprint import hash_dataset, make_fingerprint
+from .fingerprint import hash_dataset, hash_model_files, make_fingerprint, teacher_id_of
 from .format import MODES, STORE_DTYPES, counted_mask, first_attended
 from .writer import StoreWriter
 
@@ -135,6 +136,7 @@ def cache_logits(
     seed: int = 0,
     full_weights_hash: bool = False,
     overwrite: bool = False,
+    vocab_size: int | None = None,
 ) -> Path:
     """Write the teacher's top-k (or sampled) targets for every row of ``dataset`` to ``output_dir``.
 
@@ -155,8 +157,11 @@ def cache_logits(
         accelerator: an ``accelerate.Accelerator`` (or None: torch.distributed if initialised, else 1 process).
         seed: base seed of the sampled mode (each sample draws from its own generator).
         overwrite: replace a store of another fingerprint in ``output_dir`` instead of refusing.
+        vocab_size: the tokenizer's real size for token tasks: the teacher's padded embedding rows past it are not
+            tokens and are cut before the top-k, as the live path cuts them.
     Returns:
-        the store directory. An interrupted call, re-run with the same arguments, resumes where it stopped.
+        the store directory. An interrupted call, re-run with the same arguments, resumes where it stopped; a call on
+        a complete store re-verifies every shard and rewrites any that is missing or damaged.
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not supported; expected one of {', '.join(MODES)}")
@@ -184,7 +189,8 @@ def cache_logits(
     if len(set(sample_ids)) != len(sample_ids):
         raise ValueError("sample_id values are not unique; the store looks rows up by sample_id")
     fingerprint = make_fingerprint(
-        teacher_id=teacher_id,
+        teacher_id=teacher_id_of(teacher_id),
+        teacher_files_hash=hash_model_files(teacher_id),
         teacher=teacher_model,
         tokenizer=tokenizer,
         tokenizer_hash=tokenizer_hash,
@@ -216,8 +222,15 @@ def cache_logits(
         writer.remove_stale_temporaries()
     barrier()
     if writer.validate_existing():
-        logger.info("logit store %s is already complete; nothing to do", out)
-        return out
+        damaged = writer.damaged_shards()
+        if not damaged:
+            logger.info("logit store %s is already complete and every shard checks out; nothing to do", out)
+            return out
+        barrier()  # every process has read the manifest before rank 0 reopens it
+        if rank == 0:
+            logger.warning("logit store %s: shard(s) %s are missing or damaged; rewriting them", out, damaged)
+            writer.reopen()
+        barrier()
 
     teacher = LiveTeacher(teacher_model)
     num_shards = math.ceil(len(dataset) / shard_size)
@@ -239,6 +252,7 @@ def cache_logits(
             dtype=torch_dtype(dtype),
             task=task,
             seed=seed,
+            vocab_size=None if task == "sequence_classification" else vocab_size,
         )
         writer.write_shard(index, tensors, num_samples=len(rows), num_rows=n_rows, vocab_size=vocab)
         logger.info("rank %d wrote shard %d/%d (%d rows)", rank, index + 1, num_shards, n_rows)
@@ -274,6 +288,7 @@ def _compute_shard(
     dtype: torch.dtype,
     task: str,
     seed: int,
+    vocab_size: int | None,
 ):
     """Targets for dataset rows ``rows`` (one shard), as the tensors of a shard file."""
     device = _device_of(teacher.model)
@@ -287,10 +302,17 @@ def _compute_shard(
             raise ValueError("the collator reordered or changed sample_id; it must keep rows in order")
         batch = {key: v.to(device) if isinstance(v, torch.Tensor) else v for key, v in batch.items()}
         logits = teacher(batch).logits
+        if vocab_size is not None:
+            logits = logits[..., :vocab_size]
         vocab = logits.shape[-1]
         if mode == "topk" and k > vocab:
             raise ValueError(f"k={k} exceeds the teacher's output size {vocab} (vocabulary or num_labels)")
         row_logits, pos, per_sample = _batch_rows(batch, logits, task)
+        if not bool(torch.isfinite(row_logits).all()):
+            raise NonFiniteError(
+                f"the teacher's logits hold NaN or inf at counted positions of sample_id(s) {batch_ids[:8]}; nothing "
+                "of that shard was written. Check the teacher's weights (a NaN in a weight file) and its dtype"
+            )
         if mode == "topk":
             i, lp, tail = topk_targets(row_logits, k, temperature)
             extra.append(tail)

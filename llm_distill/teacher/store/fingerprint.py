@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from ..._version import __version__
 
 FINGERPRINT_FIELDS = (
     "teacher_id",
+    "teacher_files_hash",
     "teacher_weights_hash",
     "tokenizer_hash",
     "dataset_fingerprint",
@@ -39,6 +41,8 @@ FINGERPRINT_FIELDS = (
 # What to do about a mismatch, per field. The message always names the field and both values first.
 _HINTS = {
     "teacher_id": "the store holds another teacher's targets; re-run cache-logits with this teacher",
+    "teacher_files_hash": "the teacher's weight files changed since the store was written (retrained or replaced in "
+    "place); re-run cache-logits with this teacher",
     "teacher_weights_hash": "the teacher's weights changed since the store was written; re-run cache-logits",
     "tokenizer_hash": "the tokenizer (vocabulary or special tokens) differs; token ids would not line up, "
     "re-run cache-logits with this tokenizer",
@@ -157,9 +161,44 @@ def _arrow_rows(column) -> list[bytes]:
     return out
 
 
+# Weight files of a saved model: their content is the teacher's identity (not the path that names them).
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_FILES_HASHES: dict[tuple, str] = {}
+
+
+def teacher_id_of(name_or_path: str | None) -> str | None:
+    """A local folder by its resolved absolute path (a relative and an absolute path to it are one teacher); a hub
+    id as given."""
+    if name_or_path is None:
+        return None
+    return os.path.realpath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+
+
+def hash_model_files(name_or_path: str | None) -> str | None:
+    """sha256 over the names and contents of a saved model's weight files; None for anything but a local folder
+    holding some (a hub id is identified by its id). Reads every byte once per process (about 1 s per GB)."""
+    if name_or_path is None or not os.path.isdir(name_or_path):
+        return None
+    files = sorted(f for f in os.listdir(name_or_path) if f.endswith(WEIGHT_FILE_SUFFIXES))
+    if not files:
+        return None
+    paths = [os.path.join(name_or_path, f) for f in files]
+    key = (os.path.realpath(name_or_path), tuple((p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths))
+    if key not in _FILES_HASHES:
+        h = hashlib.sha256()
+        for name, path in zip(files, paths):
+            h.update(f"{name}|".encode())
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(block)
+        _FILES_HASHES[key] = h.hexdigest()
+    return _FILES_HASHES[key]
+
+
 def make_fingerprint(
     *,
     teacher_id: str | None = None,
+    teacher_files_hash: str | None = None,
     teacher: nn.Module | None = None,
     teacher_weights_hash: str | None = None,
     tokenizer=None,
@@ -191,6 +230,7 @@ def make_fingerprint(
         sample_ids_hash, num_examples = hash_sample_ids(ids), len(ids)
     return {
         "teacher_id": teacher_id,
+        "teacher_files_hash": teacher_files_hash,
         "teacher_weights_hash": teacher_weights_hash,
         "tokenizer_hash": tokenizer_hash,
         "dataset_fingerprint": dataset_fingerprint,
@@ -219,16 +259,23 @@ def _same(a, b) -> bool:
 def compare_fingerprints(stored: Mapping, expected: Mapping, *, where: str = "logit store") -> None:
     """Raise ``FingerprintMismatchError`` at the first field set in ``expected`` that differs from ``stored``.
 
-    ``where`` names the store in the message (e.g. its path or the config field that points at it).
+    The teacher is identified by the content of its weight files when both sides know it (``teacher_files_hash``);
+    its id (a resolved folder path, or a hub id) is compared only when they do not (a hub id, a store written before
+    the files hash was recorded). ``where`` names the store in the message (e.g. its path or the config field).
     """
     unknown = set(expected) - set(FINGERPRINT_FIELDS)
     if unknown:
         raise ValueError(f"unknown fingerprint field(s) {sorted(unknown)}; known: {', '.join(FINGERPRINT_FIELDS)}")
+    by_content = bool(stored.get("teacher_files_hash")) and bool(expected.get("teacher_files_hash"))
     for field in FINGERPRINT_FIELDS:
         run = expected.get(field)
-        if run is None:
+        if run is None or (field == "teacher_id" and by_content):
             continue
+        if field == "teacher_files_hash" and not by_content:
+            continue  # one side cannot tell: the teacher id decides
         old = stored.get(field)
+        if field == "teacher_id":
+            old = teacher_id_of(old)
         if not _same(old, run):
             hint = _HINTS[field].format(stored=old, run=run)
             raise FingerprintMismatchError(
@@ -246,13 +293,14 @@ def store_dataset(train_dataset, eval_dataset=None):
 
 
 def expected_store_fingerprint(args, task: str, tokenizer, train_dataset, eval_dataset=None) -> dict:
-    """What a training run requires of its logit store: teacher id (when named), tokenizer, task, temperature and
-    the content of the rows it will look up."""
+    """What a training run requires of its logit store: the teacher (when named: its weight files' content, or its
+    id), tokenizer, task, temperature and the content of the rows it will look up."""
     rows = None
     if train_dataset is not None and hasattr(train_dataset, "column_names"):
         rows = hash_dataset(store_dataset(train_dataset, eval_dataset))
     return make_fingerprint(
-        teacher_id=args.teacher_model_name_or_path,
+        teacher_id=teacher_id_of(args.teacher_model_name_or_path),
+        teacher_files_hash=hash_model_files(args.teacher_model_name_or_path),
         tokenizer=tokenizer,
         task=task,
         temperature=args.temperature,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -58,6 +59,10 @@ class CorruptShardError(LogitStoreError):
 
 def shard_name(index: int, rank: int) -> str:
     return f"shard-{index:05d}-rank{rank}.safetensors"
+
+
+# What a manifest may name: a shard file directly inside the store (never a path that leaves it).
+SHARD_NAME = re.compile(r"shard-\d{5,}-rank\d+\.safetensors")
 
 
 def rank_manifest_name(rank: int) -> str:
@@ -147,6 +152,14 @@ def read_manifest(path: Path) -> dict:
             f"{path} has format_version={manifest.get('format_version')!r}; this llm_distill reads version "
             f"{FORMAT_VERSION}: re-run cache-logits"
         )
+    for entry in manifest.get("shards", []):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+            raise LogitStoreError(
+                f"{path} lists a shard file {name!r}, which is not a shard name inside the store (expected "
+                "shard-NNNNN-rankR.safetensors); the manifest is damaged or was edited: re-run cache-logits into a "
+                "new folder"
+            )
     return manifest
 
 

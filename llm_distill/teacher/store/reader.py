@@ -9,22 +9,44 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from tqdm.auto import tqdm
 
 from .fingerprint import compare_fingerprints
 from .format import MANIFEST, CorruptShardError, LogitStoreError, read_manifest, sha256_file
+
+# Stores already verified in this process: a run's pre-flight and its trainer open the same store, and reading every
+# shard twice would double the cost of the check on a big store.
+_VERIFIED_STORES: set[tuple] = set()
+PROGRESS_BYTES = 256 << 20  # a progress bar for stores above 256 MB
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+REPAIR = (
+    "re-run `llm-distill cache-logits` with the recipe that wrote the store: it re-verifies every shard and "
+    "rewrites the damaged ones"
+)
 
 
 class LogitStore:
     """Read-only view of a finished store; rows are looked up by ``sample_id``.
 
-    Opening reads only the manifest. The sample-id index (8 bytes per sample per shard) is built on the first
-    lookup; shards are memory-mapped through ``safe_open`` and only the rows asked for are read.
+    A store is trusted only when it proves it: opening checks every shard's size and sha256 against the manifest
+    (with a progress bar on big stores; once per process and store), so a damaged shard is found before training, not
+    when first read. The sample-id index (8 bytes per sample per shard) is built on the first lookup; shards are
+    memory-mapped through ``safe_open`` and only the rows asked for are read.
 
     Args:
         path: the store directory.
         expected: a fingerprint (see ``fingerprint.make_fingerprint``); every field it sets must match.
-        verify: ``"checksum"`` (sha256 of a shard the first time rows are read from it), ``"size"`` (file size
-            only; truncation is still caught), or ``"none"``.
+        verify: ``"checksum"`` (every shard's sha256, at open), ``"size"`` (file sizes at open: truncation is
+            caught, not a flipped byte), or ``"none"``.
         name: how errors refer to the store (e.g. ``"teacher_logits_path store"``); defaults to the path.
     """
 
@@ -49,6 +71,7 @@ class LogitStore:
                 f"{self.name}: {manifest_path} {state}; run (or resume) cache-logits to write the store"
             )
         self.manifest = read_manifest(manifest_path)
+        self.manifest_digest = sha256_file(manifest_path)
         if not self.manifest.get("complete"):
             raise LogitStoreError(f"{self.name}: manifest says the store is incomplete; resume cache-logits")
         if expected is not None:
@@ -57,6 +80,8 @@ class LogitStore:
         self._verified: set[int] = set()
         self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._offsets: dict[int, np.ndarray] = {}
+        if verify != "none":
+            self.verify(checksum=verify == "checksum")
 
     # ----- metadata -------------------------------------------------------------------------------------------
     @property
@@ -96,27 +121,39 @@ class LogitStore:
 
     def _check_shard(self, i: int, *, checksum: bool) -> None:
         entry, path = self.shards[i], self._shard_path(i)
+        repair = REPAIR
         if not path.is_file():
-            raise CorruptShardError(f"{self.name}: shard file {path} is missing (listed in the manifest)")
+            raise CorruptShardError(f"{self.name}: shard file {path} is missing (listed in the manifest); {repair}")
         size = path.stat().st_size
         if size != entry["bytes"]:
             raise CorruptShardError(
                 f"{self.name}: shard file {path} has {size} bytes but the manifest records {entry['bytes']}: it is "
-                "truncated or was overwritten; delete it and resume cache-logits to rewrite it"
+                f"truncated or was overwritten; {repair}"
             )
         if checksum and i not in self._verified:
             digest = sha256_file(path)
             if digest != entry["sha256"]:
                 raise CorruptShardError(
                     f"{self.name}: shard file {path} fails its checksum (sha256 {digest[:16]}... != manifest "
-                    f"{entry['sha256'][:16]}...): it is corrupted; delete it and resume cache-logits to rewrite it"
+                    f"{entry['sha256'][:16]}...): it is corrupted; {repair}"
                 )
             self._verified.add(i)
 
-    def verify(self) -> None:
-        """Check every shard's size and sha256 against the manifest (reads the whole store)."""
-        for i in range(len(self.shards)):
-            self._check_shard(i, checksum=True)
+    def verify(self, *, checksum: bool = True) -> None:
+        """Check every shard's size (and sha256) against the manifest; once per process for an unchanged store."""
+        # Keyed by every shard's size and mtime too: a file changed since it was verified is verified again.
+        stats = tuple(_stat(self._shard_path(i)) for i in range(len(self.shards)))
+        key = (str(self.path.resolve()), self.manifest_digest, checksum, stats)
+        if key in _VERIFIED_STORES:
+            self._verified.update(range(len(self.shards)) if checksum else ())
+            return
+        total = sum(int(e["bytes"]) for e in self.shards)
+        shown = checksum and total > PROGRESS_BYTES
+        with tqdm(total=total, unit="B", unit_scale=True, desc="verify logit store", disable=not shown) as bar:
+            for i, entry in enumerate(self.shards):
+                self._check_shard(i, checksum=checksum)
+                bar.update(int(entry["bytes"]))
+        _VERIFIED_STORES.add(key)
 
     def _handle(self, i: int):
         if i not in self._handles:
@@ -169,8 +206,6 @@ class LogitStore:
         or weights (n, w) (fp32, counts / num_draws). Values keep the stored dtype except weights."""
         out = []
         for shard, local in self.locate(sample_ids):
-            if self.verify_mode == "checksum":
-                self._check_shard(shard, checksum=True)
             a, b = int(self._offsets[shard][local]), int(self._offsets[shard][local + 1])
             rec = {key: self._get(shard, key, a, b) for key in ("positions", "ids", "logprobs")}
             if self.mode == "topk":

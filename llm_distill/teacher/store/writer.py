@@ -97,6 +97,18 @@ class StoreWriter:
             complete = complete or (path.name == MANIFEST and bool(manifest.get("complete")))
         return complete
 
+    def damaged_shards(self) -> list[int]:
+        """Indices of the shards a complete ``manifest.json`` lists whose file is missing, resized or fails its
+        sha256 (read-only)."""
+        manifest = read_manifest(self.dir / MANIFEST)
+        return [e["index"] for e in manifest["shards"] if not self._intact(e)]
+
+    def reopen(self) -> None:
+        """Mark a complete store incomplete again (rank 0) before damaged shards are rewritten: until it is finished
+        anew, readers refuse it instead of reading a shard that is being replaced."""
+        manifest = read_manifest(self.dir / MANIFEST)
+        write_json_atomic(self.dir / MANIFEST, {**manifest, "complete": False})
+
     def clear(self) -> None:
         """Delete a previous store's files in ``output_dir`` (rank 0, for ``overwrite=True``)."""
         for pattern in ("manifest*.json", "shard-*.safetensors", ".shard-*.tmp-*", ".manifest*.tmp-*"):
@@ -109,25 +121,34 @@ class StoreWriter:
             for p in self.dir.glob(pattern):
                 p.unlink(missing_ok=True)
 
-    def completed(self) -> dict[int, dict]:
-        """Shard entries listed by any progress manifest (not yet re-verified; see ``is_done``)."""
-        done: dict[int, dict] = {}
-        for path in self._manifests():
+    def _listed(self) -> dict[int, dict]:
+        """Shard entries of every manifest; a process's progress manifest (newer: a rewrite) wins over
+        ``manifest.json``."""
+        listed: dict[int, dict] = {}
+        for path in reversed(self._manifests()):  # progress manifests first, manifest.json last
             for entry in read_manifest(path)["shards"]:
-                done.setdefault(entry["index"], entry)
+                listed.setdefault(entry["index"], entry)
+        return listed
+
+    def completed(self) -> dict[int, dict]:
+        """Shard entries listed by any manifest (not yet re-verified; see ``is_done``)."""
+        done = self._listed()
         own = self.dir / rank_manifest_name(self.rank)
         if own.is_file():
             # Keep this rank's earlier entries in its rewritten progress file, so a second crash loses nothing.
             self.entries = {e["index"]: e for e in read_manifest(own)["shards"]}
         return done
 
+    def _intact(self, entry: Mapping) -> bool:
+        path = self.dir / entry["file"]
+        return path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]
+
     def is_done(self, entry: Mapping | None) -> bool:
         """True when the shard file of ``entry`` exists with the recorded size and sha256."""
         if entry is None:
             return False
-        path = self.dir / entry["file"]
-        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
-            logger.warning("shard %s is listed as written but is missing or damaged; rewriting it", path)
+        if not self._intact(entry):
+            logger.warning("shard %s is listed as written but is missing or damaged; rewriting it", entry["file"])
             return False
         return True
 
@@ -169,10 +190,7 @@ class StoreWriter:
 
     def finalize(self, num_shards: int) -> dict:
         """Merge every progress manifest into ``manifest.json`` (rank 0, after all ranks finished)."""
-        merged: dict[int, dict] = {}
-        for path in self._manifests():
-            for entry in read_manifest(path)["shards"]:
-                merged.setdefault(entry["index"], entry)
+        merged = self._listed()
         absent = sorted(set(range(num_shards)) - set(merged))
         if absent:
             raise LogitStoreError(
@@ -193,6 +211,10 @@ class StoreWriter:
         write_json_atomic(self.dir / MANIFEST, manifest)
         for path in self.dir.glob("manifest.rank*.json"):
             path.unlink()
+        listed = {e["file"] for e in shards}
+        for path in self.dir.glob("shard-*.safetensors"):
+            if path.name not in listed:  # a damaged shard rewritten by another process under another name
+                path.unlink()
         return manifest
 
 
