@@ -75,6 +75,9 @@ def model_config(name: str, field: str):
     if os.path.isdir(name):
         if not os.path.isfile(os.path.join(name, "config.json")):
             raise ValueError(f"{field}={name!r} is a folder without config.json: not a saved model")
+    if not os.path.exists(name) and (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1):
+        # Not a hub id ('org/name'): a local path that is not there.
+        raise ValueError(f"{field}={name!r} does not exist (relative paths are from {os.getcwd()})")
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:

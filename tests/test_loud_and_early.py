@@ -108,7 +108,7 @@ CASES = {
     "missing teacher": (
         {"teacher_model_name_or_path": "{tmp}/no-teacher"},
         [],
-        "teacher_model_name_or_path='.*no-teacher' is not a folder here",
+        "teacher_model_name_or_path='.*no-teacher' does not exist",
     ),
     "no teacher at all": ({"teacher_model_name_or_path": DELETE}, [], "no teacher"),
     "layer map out of range": (

@@ -184,7 +184,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
     live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
     if verb in ("train", "check") and not (args.teacher_model_name_or_path or args.teacher_logits_path):
         raise ValueError(
-            "no teacher: set teacher_model_name_or_path (a live teacher) or teacher_logits_path (a store)"
+            "no teacher: set teacher_model_name_or_path (a live teacher) or teacher_logits_path (a logit store)"
         )
     if verb == "cache-logits":
         check_cache_settings(recipe, args)
