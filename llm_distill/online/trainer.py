@@ -73,7 +73,8 @@ class OnlineDistillationTrainer(DistillationTrainer):
             )
         if args.label_names is None:
             self.label_names = find_labels(type(first))
-        widths = [getattr(m.config, "vocab_size", None) for m in cohort.members.values()]
+        width = "num_labels" if self.task == "sequence_classification" else "vocab_size"
+        widths = [getattr(m.config, width, None) for m in cohort.members.values()]
         self.kd_vocab_size = shared_vocab_size(
             min((w for w in widths if w), default=None), first.config, processing_class, self.task
         )

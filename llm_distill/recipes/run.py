@@ -13,6 +13,7 @@ from ..tasks import load_model, task_for_data
 from ..teacher.store import cache_logits, store_dataset
 from ..trainer import DistillationTrainer
 from ..vocab import check_tokenizers
+from .regimes import check_teacher_tokenizers, teacher_columns, train_generations, train_online_stage
 from .resume import resume_point
 from .schema import Recipe, stage_recipes
 
@@ -37,13 +38,18 @@ def load_tokenizer(recipe: Recipe, args):
     """The tokenizer of the student's own checkpoint, else the teacher's."""
     from transformers import AutoTokenizer
 
-    source = student_checkpoint(recipe) or args.teacher_model_name_or_path
+    source = student_checkpoint(recipe) or args.teacher_model_name_or_path or first_live_teacher(args)
     if source is None:
         raise ValueError(
             "no tokenizer source: set student.model_name_or_path, student.from_teacher.init_from or "
             "teacher_model_name_or_path"
         )
     return AutoTokenizer.from_pretrained(source)
+
+
+def first_live_teacher(args) -> str | None:
+    """The first model path of ``teachers`` (several teachers share one tokenizer and, for shape, one family)."""
+    return next((t["path"] for t in args.teachers or [] if t["path"]), None)
 
 
 def teacher_tokenizer(recipe: Recipe, args, tokenizer):
@@ -91,8 +97,15 @@ def build_student(recipe: Recipe, args, task: str, teacher):
     return student
 
 
-def train(recipe: Recipe) -> None:
-    """Train every stage of ``recipe`` in order; a finished stage (its ``trainer_state.json`` exists) is skipped."""
+def train(recipe: Recipe) -> dict:
+    """Train every stage of ``recipe`` in order; a finished stage (its ``trainer_state.json`` exists) is skipped.
+
+    Returns the last stage's evaluation metrics (empty when it was skipped or has no eval data). ``generations > 1``
+    trains that many born-again students in sequence (``recipes.regimes.train_generations``).
+    """
+    if recipe.training_args().generations > 1:
+        return train_generations(recipe, train)
+    metrics: dict = {}
     for name, stage in stage_recipes(recipe):
         output_dir = stage.config["output_dir"]
         if name and os.path.exists(os.path.join(output_dir, "trainer_state.json")):
@@ -100,7 +113,8 @@ def train(recipe: Recipe) -> None:
             continue
         if name:
             logger.info("stage %s -> %s", name, output_dir)
-        train_stage(stage)
+        metrics = train_stage(stage)
+    return metrics
 
 
 def train_stage(recipe: Recipe) -> dict:
@@ -109,6 +123,8 @@ def train_stage(recipe: Recipe) -> dict:
     data_cfg = DataConfig.from_dict(recipe.dataset)
     task = recipe_task(args, recipe)
     args.task = task
+    if args.online_distillation:
+        return train_online_stage(recipe, args, data_cfg, load_tokenizer(recipe, args), build_student)
 
     live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
     tokenizer = load_tokenizer(recipe, args)
@@ -118,11 +134,16 @@ def train_stage(recipe: Recipe) -> dict:
     if args.teacher_model_name_or_path and (live or recipe.student.get("from_teacher") is not None):
         attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
+    elif args.teachers:
+        check_teacher_tokenizers(args, tokenizer)
+        shape = first_live_teacher(args)
+        needs_shape = recipe.student.get("from_teacher") is not None and shape
+        teacher = load_model(shape, task, dtype=args.teacher_dtype) if needs_shape else None
     student = build_student(recipe, args, task, teacher)
     if not live:
-        teacher = None  # it only shaped the student; targets come from the logit store
+        teacher = None  # it only shaped the student; targets come from the logit store or the teachers list
     with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
+        train_ds, eval_ds = build_datasets(data_cfg, tokenizer, **teacher_columns(args))
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
