@@ -262,13 +262,14 @@ class DistillationTrainer(Trainer):
         parts = teacher_out.parts or [TeacherPart("", teacher_out)]
         mask = common["mask"]
         kd_total, ce_sum, agree_total, named = None, None, None, {}
-        for i, part in enumerate(parts):
+        for part in parts:
             part_mask = mask
             if part.rows is not None:
                 part_mask = mask & part.rows.reshape(-1, *([1] * (mask.dim() - 1)))
-            part_ce = want_ce and i == 0  # the CE term is the student's own: computed once
             out = part.outputs
-            if part.rows is not None and out.logits is None and out.sparse is None and out.final_hidden is None:
+            empty = part.rows is not None and out.logits is None and out.sparse is None and out.final_hidden is None
+            part_ce = want_ce and ce_sum is None and not empty  # the CE term is the student's own: computed once
+            if empty:  # a routed teacher with no row in this batch
                 kd_sum, agree = mask.new_zeros((), dtype=torch.float32), mask.new_zeros((), dtype=torch.long)
                 part_ce_sum = None
             elif self.fused:

@@ -162,3 +162,22 @@ def test_teacher_specs_are_validated(tmp_path):
         from llm_distill.data.teachers import teacher_indices
 
         teacher_indices(routed_dataset_with, "teacher", ["a", "b"])
+
+
+def test_a_batch_without_rows_for_the_first_teacher_keeps_its_ce(tmp_path, char_tokenizer):
+    teachers = [tiny_llama(len(char_tokenizer), layers=3, hidden=48, seed=s) for s in (1, 5)]
+    student = tiny_llama(len(char_tokenizer), seed=2)
+    args = make_args(tmp_path, teachers=["a", "b"], teacher_column="teacher", ce_weight=1.0, kd_weight=0.0)
+    ds = routed_dataset(char_tokenizer)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teachers, args=args, train_dataset=ds, processing_class=char_tokenizer
+    )
+    batch = trainer.data_collator([ds[i] for i in (1, 3, 5)])  # every row is teacher b's
+    assert batch["teacher_index"].tolist() == [1, 1, 1]
+    student.eval()
+    loss = trainer.compute_loss(student, dict(batch)).item()
+    mask, labels = targets(batch, "causal_lm")
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce = torch.nn.functional.cross_entropy(logits[mask], labels[mask]).item()
+    assert loss == pytest.approx(ce, rel=1e-5)

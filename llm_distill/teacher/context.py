@@ -90,8 +90,9 @@ class ContextTeacher:
         for b, (row, label_row) in enumerate(zip(rows, label_rows)):
             ids[b, : row.shape[0]], labels[b, : row.shape[0]], attention[b, : row.shape[0]] = row, label_row, 1
         teacher = {"input_ids": ids, "attention_mask": attention, "labels": labels}
-        if "sample_id" in batch:
-            teacher["sample_id"] = batch["sample_id"]
+        for key in ("sample_id", "teacher_index"):  # per-row keys other sources read (store lookups, routing)
+            if key in batch:
+                teacher[key] = batch[key]
         return teacher, prompt_len - start
 
     def __call__(
