@@ -73,6 +73,9 @@ def main() -> None:
         rows[key] = {"model": label, "dir": evaluate, "seconds": seconds, "command": command}
 
     teacher_length = ["--max_steps", str(ns.steps)] if ns.steps else []
+    if ns.eval_rows:  # the runs' own final evaluation too (a smoke run need not read all 872 sentences)
+        length += ["--dataset.max_eval_samples", str(ns.eval_rows)]
+        teacher_length += ["--dataset.max_eval_samples", str(ns.eval_rows)]
     for name in "ab":
         folder = f"{out}/teacher_{name}"
         run(
