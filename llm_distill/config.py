@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -13,6 +14,11 @@ from .losses.features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS
 from .tasks import DTYPES, TASKS
 
 LOSS_WEIGHTS = ("kd_weight", "ce_weight", "hidden_weight", "attention_weight")
+# Who teaches (see docs/architecture.md, "Who teaches"): the closed choices of that section's fields.
+MULTI_TEACHER_MODES = ("mixture", "sum")
+SELF_TEACHERS = ("frozen", "ema", "live", "lora_base")
+ONLINE_MODES = ("mutual", "co_train")
+TEACHER_SPEC_KEYS = ("path", "logits_path", "weight", "name")
 
 
 @dataclass
@@ -110,6 +116,70 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    # --- who teaches: several teachers, self-distillation, online distillation ------------------------------
+    teachers: list | None = field(
+        default=None,
+        metadata={
+            "help": "Several teachers: a list of paths/ids, or of {path | logits_path, weight, name} (weight 1 and "
+            "the folder name by default). Weights are normalised to sum to 1. Replaces teacher_model_name_or_path."
+        },
+    )
+    multi_teacher: str = field(
+        default="mixture",
+        metadata={
+            "help": "How several teachers combine: mixture (one target, the weighted mixture of their tempered "
+            "distributions; live teachers) or sum (the weighted sum of one divergence per teacher)."
+        },
+    )
+    teacher_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dataset column naming each row's teacher (a teacher name or its 0-based index in teachers): "
+            "every row is distilled from its own teacher only."
+        },
+    )
+    self_teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "The student teaches itself: frozen (a copy of the student at the start), ema (an exponential "
+            "moving average of the student, see ema_decay), live (the current weights, no gradient, no copy) or "
+            "lora_base (a LoRA student's base model with its adapters disabled, no copy)."
+        },
+    )
+    ema_decay: float = field(
+        default=0.999,
+        metadata={
+            "help": "self_teacher=ema: after each optimizer step teacher = decay * teacher + (1 - decay) * student "
+            "(1 = the frozen initial copy, 0 = the current student)."
+        },
+    )
+    teacher_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Context distillation: the teacher sees this prompt instead of the student's, a template over "
+            "the dataset's columns (e.g. '{prompt}\\nReference answer: {response}\\n'), and scores the same "
+            "completion tokens. Instruction datasets only."
+        },
+    )
+    generations: int = field(
+        default=1,
+        metadata={
+            "help": "Born-again distillation: train this many students of the same shape in sequence, each "
+            "teaching the next (OUTPUT_DIR/gen1, gen2, ...; metrics in OUTPUT_DIR/generations.json)."
+        },
+    )
+    online_distillation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Models trained together in one run: mutual (deep mutual learning, num_peers students, each "
+            "with its CE plus the divergence to the others' detached predictions) or co_train (the teacher is "
+            "fine-tuned on its own CE while the student distils from it)."
+        },
+    )
+    num_peers: int = field(
+        default=2, metadata={"help": "online_distillation=mutual: the number of students trained together (>= 2)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         check_kind(self.kd_loss, self.jsd_beta, kind_field="kd_loss", beta_field="jsd_beta")
@@ -144,6 +214,64 @@ class DistillationConfig(TrainingArguments):
                 f"{self.hidden_weight} / attention_weight={self.attention_weight} need a live teacher's features; "
                 "set both to 0 or use teacher_model_name_or_path"
             )
+        self._check_who_teaches()
+
+    def _check_who_teaches(self) -> None:
+        """The "who teaches" section: one regime at a time, each with what it needs."""
+        check_choice("multi_teacher", self.multi_teacher, MULTI_TEACHER_MODES)
+        if self.self_teacher is not None:
+            check_choice("self_teacher", self.self_teacher, SELF_TEACHERS)
+        if self.online_distillation is not None:
+            check_choice("online_distillation", self.online_distillation, ONLINE_MODES)
+        if not (isinstance(self.ema_decay, int | float) and 0.0 <= self.ema_decay <= 1.0):
+            raise ValueError(f"ema_decay={self.ema_decay!r} is not accepted; use a number in [0, 1]")
+        if not isinstance(self.generations, int) or self.generations < 1:
+            raise ValueError(f"generations={self.generations!r} is not accepted; use an integer >= 1")
+        if not isinstance(self.num_peers, int) or self.num_peers < 2:
+            raise ValueError(f"num_peers={self.num_peers!r} is not accepted; mutual learning needs >= 2 students")
+        if self.teachers is not None:
+            self.teachers = normalize_teacher_specs(self.teachers)
+        single = [n for n in ("teacher_model_name_or_path", "teacher_logits_path") if getattr(self, n)]
+        regimes = {
+            "teachers": self.teachers is not None,
+            "self_teacher": self.self_teacher is not None,
+            "online_distillation": self.online_distillation is not None,
+        }
+        chosen = [name for name, on in regimes.items() if on]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} are both set; choose one source of teaching")
+        if chosen and chosen[0] in ("teachers", "self_teacher") and single:
+            raise ValueError(f"{chosen[0]} and {single[0]} are both set; keep one (the {chosen[0]} replace it)")
+        if self.teachers is not None and self.uses_features:
+            raise ValueError(
+                "teachers gives several output distributions; hidden_weight/attention_weight need one teacher's "
+                "layers: set both to 0 or use teacher_model_name_or_path"
+            )
+        if self.teacher_column is not None and self.teachers is None:
+            raise ValueError(f"teacher_column={self.teacher_column!r} routes rows among teachers: set teachers too")
+        if self.teachers is not None and self.multi_teacher == "mixture" and self.teacher_column is None:
+            cached = [t["name"] for t in self.teachers if t["logits_path"]]
+            if cached:
+                raise ValueError(
+                    f"multi_teacher='mixture' mixes dense distributions, but teachers {cached} are logit stores "
+                    "(top-k): use multi_teacher='sum' with them"
+                )
+        if self.teacher_prompt is not None and (self.uses_features or not isinstance(self.teacher_prompt, str)):
+            raise ValueError(
+                f"teacher_prompt={self.teacher_prompt!r} is not accepted with hidden_weight/attention_weight > 0 "
+                "(the teacher's sequence is not the student's); use a string template and logit terms only"
+            )
+        if self.online_distillation is not None:
+            fused = isinstance(self.loss_chunk_size, int) and self.loss_chunk_size > 0
+            if self.teacher_logits_path or self.teacher_prompt or self.uses_features or fused:
+                raise ValueError(
+                    f"online_distillation={self.online_distillation!r} trains every model on full logits: unset "
+                    "teacher_logits_path, teacher_prompt, hidden_weight/attention_weight and loss_chunk_size"
+                )
+            if self.online_distillation == "co_train" and not self.teacher_model_name_or_path:
+                raise ValueError(
+                    "online_distillation='co_train' fine-tunes a teacher in the run: set teacher_model_name_or_path"
+                )
 
     def check_precision(self) -> None:
         """fp16 mixed precision needs a CUDA GPU; on a CPU transformers would silently train in fp32."""
@@ -156,3 +284,31 @@ class DistillationConfig(TrainingArguments):
     @property
     def uses_features(self) -> bool:
         return self.hidden_weight > 0 or self.attention_weight > 0
+
+
+def normalize_teacher_specs(value) -> list[dict]:
+    """``teachers`` as a list of ``{name, path, logits_path, weight}`` (weights as given; sources normalise them)."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError(f"teachers={value!r} is not accepted; give a non-empty list of paths or {{path, weight}}")
+    specs = []
+    for i, entry in enumerate(value):
+        spec = {"path": entry} if isinstance(entry, str) else entry
+        if not isinstance(spec, dict):
+            raise ValueError(
+                f"teachers[{i}]={entry!r} is not accepted; use a path or a mapping of {TEACHER_SPEC_KEYS}"
+            )
+        unknown = sorted(set(spec) - set(TEACHER_SPEC_KEYS))
+        if unknown:
+            raise ValueError(f"teachers[{i}] has unknown key(s) {unknown}; accepted: {', '.join(TEACHER_SPEC_KEYS)}")
+        path, logits_path = spec.get("path"), spec.get("logits_path")
+        if bool(path) == bool(logits_path):
+            raise ValueError(f"teachers[{i}]={entry!r} needs exactly one of path (a live model) or logits_path")
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < float("inf"):
+            raise ValueError(f"teachers[{i}].weight={weight!r} is not accepted; use a number > 0")
+        name = spec.get("name") or os.path.basename(os.path.normpath(str(path or logits_path)))
+        specs.append({"name": str(name), "path": path, "logits_path": logits_path, "weight": float(weight)})
+    names = [s["name"] for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"teachers have the same name twice ({names}); give each a distinct name")
+    return specs

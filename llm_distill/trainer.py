@@ -12,7 +12,8 @@ from collections import defaultdict
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import find_labels
 
 from ._version import __version__
@@ -23,13 +24,22 @@ from .features import FeatureDistiller, StudentWithFeatures, feature_distiller_f
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
 from .tasks import infer_task, load_model, real_token_mask, targets
-from .teacher import TeacherOutputs, build_teacher_source, model_inputs, no_logits
+from .teacher import (
+    TEACHER_BATCH_KEYS,
+    TeacherOutputs,
+    TeacherPart,
+    TrainedTeacherSource,
+    build_teacher_source,
+    model_inputs,
+    no_logits,
+)
 from .vocab import check_tokenizers, shared_vocab_size
 
 logger = logging.getLogger(__name__)
 
 METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
+TEACHER_STATE_NAME = "teacher_state.pt"
 # Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
 SUM_KEYS = ("kd", "ce", "agree", "tokens", "hidden", "hidden_tokens", "attention", "attention_tokens")
 # What each loss term is divided by: the window count of its own kind of token.
@@ -82,6 +92,7 @@ class DistillationTrainer(Trainer):
             tokenizer=processing_class,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
+            student=model,
         )
         self.features: FeatureDistiller | None = None
         if args.uses_features:
@@ -107,6 +118,8 @@ class DistillationTrainer(Trainer):
         self.fused = self._decide_fused()
         self.teacher.place(self.accelerator, self.args.device)
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
+        if isinstance(self.teacher, TrainedTeacherSource):
+            self.add_callback(TeacherStepCallback(self))
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -161,8 +174,8 @@ class DistillationTrainer(Trainer):
             # The wrapper's forward takes **inputs; the columns to keep are the student's.
             self._signature_columns = list(inspect.signature(self.model.student.forward).parameters)
         super()._set_signature_columns_if_needed()
-        # Cached-teacher lookups need the sample id; the student never sees it.
-        for column in ("sample_id", "labels"):
+        # Teacher sources read these columns (store lookups, context prompts, routing); the student never sees them.
+        for column in (*TEACHER_BATCH_KEYS, "labels"):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -204,25 +217,29 @@ class DistillationTrainer(Trainer):
 
     def _check_teacher_finite(self, out: TeacherOutputs, mask: torch.Tensor) -> None:
         """A NaN/inf in the targets would train the student on garbage (or log kd_loss 0): stop, naming the source."""
-        checks = {
-            "logits": out.logits,
-            "final hidden states": out.final_hidden,
-            "cached log-probabilities": None if out.sparse is None else out.sparse.logprobs,
-        }
-        for name, tensor in checks.items():
-            if tensor is None:
-                continue
-            finite = torch.isfinite(tensor)
-            while finite.dim() > mask.dim():
-                finite = finite.all(-1)
-            bad = int((~finite & mask).sum())
-            if bad:
-                raise NonFiniteError(
-                    f"{self._where()}: the teacher's {name} hold NaN or inf at {bad} of {int(mask.sum())} counted "
-                    f"positions (teacher: {self.teacher.describe()}); training stopped before any checkpoint or "
-                    "export was written. Check the teacher's weights (a NaN in a weight file) and its dtype (fp16 "
-                    "overflow)"
-                )
+        for part in out.parts or [TeacherPart("", out)]:
+            rows = mask if part.rows is None else mask & part.rows.reshape(-1, *([1] * (mask.dim() - 1)))
+            checks = {
+                "logits": part.outputs.logits,
+                "final hidden states": part.outputs.final_hidden,
+                "cached log-probabilities": None if part.outputs.sparse is None else part.outputs.sparse.logprobs,
+            }
+            for name, tensor in checks.items():
+                if tensor is None:
+                    continue
+                finite = torch.isfinite(tensor)
+                while finite.dim() > rows.dim():
+                    finite = finite.all(-1)
+                bad = int((~finite & rows).sum())
+                if bad:
+                    who = (
+                        f"teacher {part.name!r} of {self.teacher.describe()}" if part.name else self.teacher.describe()
+                    )
+                    raise NonFiniteError(
+                        f"{self._where()}: the teacher's {name} hold NaN or inf at {bad} of {int(rows.sum())} counted "
+                        f"positions (teacher: {who}); training stopped before any checkpoint or export was written. "
+                        "Check the teacher's weights (a NaN in a weight file) and its dtype (fp16 overflow)"
+                    )
 
     def _check_loss_finite(self, loss: torch.Tensor, terms: dict) -> None:
         if not torch.isfinite(loss):
@@ -269,29 +286,7 @@ class DistillationTrainer(Trainer):
         kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
         want_ce = labels is not None and (args.ce_weight > 0 or mode == "eval")
         common = dict(mask=mask, labels=labels, kd=kd, vocab_size=self.kd_vocab_size)
-        if self.fused:
-            head = self.student.get_output_embeddings()
-            kd_sum, ce_sum, agree = fused_logit_terms(
-                student_out["hidden_states"][-1],
-                head.weight,
-                head.bias,
-                teacher_logits=teacher_out.logits,
-                teacher_hidden=teacher_out.final_hidden,
-                teacher_weight=teacher_out.lm_head_weight,
-                teacher_bias=teacher_out.lm_head_bias,
-                sparse=teacher_out.sparse,
-                weights=(args.kd_weight, args.ce_weight if want_ce else 0.0),
-                chunk_size=0 if args.loss_chunk_size == "auto" else args.loss_chunk_size,
-                **common,
-            )
-        else:
-            kd_sum, ce_sum, agree = dense_logit_terms(
-                student_out["logits"],
-                teacher_logits=teacher_out.logits,
-                sparse=teacher_out.sparse,
-                want_ce=want_ce,
-                **common,
-            )
+        kd_sum, ce_sum, agree, named = self._logit_terms(student_out, teacher_out, common, want_ce)
 
         local_tokens = mask.sum()
         if mode == "train" and isinstance(num_items_in_batch, dict):
@@ -314,9 +309,68 @@ class DistillationTrainer(Trainer):
                 sums["agree"] = agree
             for term, (term_sum, term_count) in feature_terms.items():
                 sums[term], sums[f"{term}_tokens"] = term_sum, term_count
+            sums.update(named)
             for key, value in sums.items():
                 self._metrics[mode][key] += value.detach().float()
         return (loss, student_out) if return_outputs else loss
+
+    def _logit_terms(self, student_out, teacher_out: TeacherOutputs, common: dict, want_ce: bool):
+        """``(kd_sum, ce_sum, agreement count or None, named sums)`` on the dense or the fused path.
+
+        With ``teacher_out.parts`` (several teachers), the KD sum is ``sum_i weight_i * KD_i`` over each part's rows,
+        and each part's own KD sum, agreement and token count are returned under ``"kd/NAME"``, ``"agree/NAME"`` and
+        ``"tokens/NAME"`` for the log.
+        """
+        args: DistillationConfig = self.args
+        parts = teacher_out.parts or [TeacherPart("", teacher_out)]
+        mask = common["mask"]
+        kd_total, ce_sum, agree_total, named = None, None, None, {}
+        for part in parts:
+            part_mask = mask
+            if part.rows is not None:
+                part_mask = mask & part.rows.reshape(-1, *([1] * (mask.dim() - 1)))
+            out = part.outputs
+            empty = part.rows is not None and out.logits is None and out.sparse is None and out.final_hidden is None
+            part_ce = want_ce and ce_sum is None and not empty  # the CE term is the student's own: computed once
+            if empty:  # a routed teacher with no row in this batch
+                kd_sum, agree = mask.new_zeros((), dtype=torch.float32), mask.new_zeros((), dtype=torch.long)
+                part_ce_sum = None
+            elif self.fused:
+                head = self.student.get_output_embeddings()
+                kd_sum, part_ce_sum, agree = fused_logit_terms(
+                    student_out["hidden_states"][-1],
+                    head.weight,
+                    head.bias,
+                    teacher_logits=out.logits,
+                    teacher_hidden=out.final_hidden,
+                    teacher_weight=out.lm_head_weight,
+                    teacher_bias=out.lm_head_bias,
+                    sparse=out.sparse,
+                    weights=(args.kd_weight * part.weight, args.ce_weight if part_ce else 0.0),
+                    chunk_size=0 if args.loss_chunk_size == "auto" else args.loss_chunk_size,
+                    **{**common, "mask": part_mask, "labels": common["labels"] if part_ce else None},
+                )
+            else:
+                kd_sum, part_ce_sum, agree = dense_logit_terms(
+                    student_out["logits"],
+                    teacher_logits=out.logits,
+                    sparse=out.sparse,
+                    want_ce=part_ce,
+                    **{**common, "mask": part_mask},
+                )
+            if part_ce:
+                ce_sum = part_ce_sum
+            weighted = kd_sum * part.weight
+            kd_total = weighted if kd_total is None else kd_total + weighted
+            if agree is not None:
+                agree_total = agree * part.weight if agree_total is None else agree_total + agree * part.weight
+            if part.name:
+                named.update({f"kd/{part.name}": kd_sum.detach(), f"tokens/{part.name}": part_mask.sum()})
+                if agree is not None:
+                    named[f"agree/{part.name}"] = agree
+        if ce_sum is None:
+            ce_sum = kd_total.new_zeros(())
+        return kd_total, ce_sum, agree_total, named
 
     # ---- logging ----------------------------------------------------------------------------------------------
 
@@ -344,8 +398,29 @@ class DistillationTrainer(Trainer):
                         logs["eval_perplexity"] = math.exp(min(ce / tokens, 50.0))
                 if "agree" in sums:
                     logs[f"{prefix}agreement"] = agree / tokens
+            logs.update(self._named_logs(sums, prefix))
             self._metrics[mode].clear()
         super().log(logs, start_time)
+
+    def _named_logs(self, sums: dict, prefix: str) -> dict[str, float]:
+        """Per-teacher (or per-model) terms: ``kd/NAME`` etc. divided by ``tokens/NAME``, reduced over processes.
+
+        Every process logs the same names (each part is summed on every batch, with zeros where it had no rows).
+        """
+        keys = sorted(k for k in sums if "/" in k)
+        if not keys:
+            return {}
+        values = torch.stack([torch.as_tensor(sums[k], device=self.args.device).float() for k in keys])
+        if self.args.world_size > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        totals = dict(zip(keys, values.tolist()))
+        names = {"kd": "kd_loss", "ce": "ce_loss", "agree": "agreement"}
+        logs = {}
+        for key, value in totals.items():
+            kind, name = key.split("/", 1)
+            if kind in names:
+                logs[f"{prefix}{names[kind]}/{name}"] = value / max(totals.get(f"tokens/{name}", 0.0), 1.0)
+        return logs
 
     # ---- saving -----------------------------------------------------------------------------------------------
 
@@ -378,6 +453,10 @@ class DistillationTrainer(Trainer):
             super()._save(output_dir, state_dict)
         else:
             self._save_student_and_projections(output_dir, state_dict)
+        if self.args.should_save and isinstance(self.teacher, TrainedTeacherSource) and _is_checkpoint(output_dir):
+            # The teacher changes during the run (an EMA of the student): its weights are part of the run's state.
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save(self.teacher.teacher_state(), os.path.join(output_dir, TEACHER_STATE_NAME))
         if self.args.should_save:
             meta = self.distillation_metadata()
             with open(os.path.join(output_dir, METADATA_NAME), "w") as fh:
@@ -396,8 +475,22 @@ class DistillationTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        if os.path.basename(os.path.normpath(output_dir)).startswith("checkpoint-") and projections:
+        if _is_checkpoint(output_dir) and projections:
             save_file({k: v.contiguous() for k, v in projections.items()}, os.path.join(output_dir, PROJECTIONS_NAME))
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint and isinstance(self.teacher, TrainedTeacherSource):
+            # Every strategy (DeepSpeed too, which skips _load_from_checkpoint) passes here before the first step.
+            path = os.path.join(resume_from_checkpoint, TEACHER_STATE_NAME)
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"{resume_from_checkpoint} has no {TEACHER_STATE_NAME}: the run's teacher changes during training "
+                    "(self_teacher=ema/frozen) and cannot be restored from a checkpoint written without it"
+                )
+            self.teacher.load_teacher_state(torch.load(path, map_location="cpu", weights_only=True))
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         wrapper = self.accelerator.unwrap_model(self.model)
@@ -413,3 +506,21 @@ class DistillationTrainer(Trainer):
                 "run, so the hidden-state projections cannot be restored"
             )
         wrapper.features.load_state_dict(load_file(path))
+
+
+def _is_checkpoint(output_dir: str) -> bool:
+    return os.path.basename(os.path.normpath(output_dir)).startswith("checkpoint-")
+
+
+class TeacherStepCallback(TrainerCallback):
+    """After every optimizer step, let a changing teacher (an EMA of the student) follow the student's new weights.
+
+    ``on_step_end`` comes after ``optimizer.step()`` and, under DDP, after the gradients were averaged, so every
+    process updates from the same, synchronised weights.
+    """
+
+    def __init__(self, trainer: DistillationTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.teacher.after_optimizer_step(self.trainer.student)

@@ -14,6 +14,7 @@ from conftest import make_char_tokenizer, tiny_llama  # noqa: E402
 from test_trainer import instruction_dataset  # noqa: E402
 
 from llm_distill import DistillationConfig, DistillationTrainer  # noqa: E402
+from llm_distill.online import OnlineDistillationTrainer, mutual_learning  # noqa: E402
 
 
 def main(output_dir: str, per_device_batch: int, mode: str) -> None:
@@ -26,6 +27,13 @@ def main(output_dir: str, per_device_batch: int, mode: str) -> None:
         # Targets come from a store written beforehand by one process; lookups go by sample id on every rank.
         extra = {"teacher_logits_path": mode.split(":", 1)[1]}
         teacher = None
+    elif mode == "ema":  # every process updates its EMA from the same synchronised weights
+        extra, teacher = {"self_teacher": "ema", "ema_decay": 0.5}, None
+    elif mode == "teachers":
+        extra = {"teachers": ["a", "b"], "multi_teacher": "sum"}
+        teacher = [teacher, tiny_llama(len(tokenizer), layers=3, hidden=48, seed=5)]
+    elif mode == "mutual":
+        extra, teacher = {"online_distillation": "mutual", "kd_weight": 1.0}, None
     args = DistillationConfig(
         output_dir=output_dir,
         use_cpu=True,
@@ -44,14 +52,21 @@ def main(output_dir: str, per_device_batch: int, mode: str) -> None:
         **extra,
         ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
     )
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tokenizer
-    )
+    if mode == "mutual":
+        peers = {"student_0": student, "student_1": tiny_llama(len(tokenizer), layers=2, hidden=32, seed=3)}
+        trainer = OnlineDistillationTrainer(
+            peers, args, learns_from=mutual_learning(list(peers)), train_dataset=ds, processing_class=tokenizer
+        )
+    else:
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tokenizer
+        )
     trainer.train()
     if trainer.is_world_process_zero():
-        torch.save(
-            {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, os.path.join(output_dir, "final.pt")
-        )
+        state = {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}
+        if mode == "ema":
+            state.update({f"teacher.{k}": v for k, v in trainer.teacher.teacher_state().items()})
+        torch.save(state, os.path.join(output_dir, "final.pt"))
         with open(os.path.join(output_dir, "log.json"), "w") as fh:
             json.dump(trainer.state.log_history, fh)
 

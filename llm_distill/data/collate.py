@@ -27,4 +27,12 @@ class DistillationCollator:
             batch[key] = torch.tensor([list(r[key]) + [pad] * (length - len(r[key])) for r in rows], dtype=torch.long)
         if "sample_id" in rows[0]:
             batch["sample_id"] = torch.tensor([int(r["sample_id"]) for r in rows], dtype=torch.long)
+        if "teacher_index" in rows[0]:
+            batch["teacher_index"] = torch.tensor([int(r["teacher_index"]) for r in rows], dtype=torch.long)
+        if "teacher_prompt_ids" in rows[0]:
+            # The context teacher's own prompt, right-padded; its mask says which ids are real.
+            width = max(len(r["teacher_prompt_ids"]) for r in rows)
+            prompts = [list(r["teacher_prompt_ids"]) for r in rows]
+            batch["teacher_prompt_ids"] = torch.tensor([p + [self.pad_id] * (width - len(p)) for p in prompts])
+            batch["teacher_prompt_mask"] = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts])
         return batch

@@ -12,6 +12,7 @@ from datasets import Dataset
 
 from .config import DataConfig
 from .load import load_raw
+from .teachers import add_teacher_columns
 
 
 def tokenize_text(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
@@ -80,16 +81,24 @@ def with_sample_ids(ds: Dataset, start: int = 0) -> Dataset:
     return ds.add_column("sample_id", list(range(start, start + len(ds))))
 
 
-def build_datasets(cfg: DataConfig, tokenizer) -> tuple[Dataset, Dataset | None]:
-    """Load, tokenize and attach sample ids. Deterministic: the same config and tokenizer give the same rows."""
+def build_datasets(cfg: DataConfig, tokenizer, **teacher_columns) -> tuple[Dataset, Dataset | None]:
+    """Load, tokenize and attach sample ids. Deterministic: the same config and tokenizer give the same rows.
+
+    ``teacher_columns`` (``teacher_prompt``, ``teacher_column``, ``teacher_names``): per-row columns that teacher
+    sources read, see ``data.teachers.add_teacher_columns``.
+    """
     train, evaluation = load_raw(cfg)
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Padding positions are masked out of every loss, so which id pads them does not matter.
         tokenizer.pad_token = tokenizer.eos_token
-    encode = ENCODERS[cfg.task]
-    train = with_sample_ids(encode(train, tokenizer, cfg))
+
+    def encode(raw: Dataset) -> Dataset:
+        encoded = ENCODERS[cfg.task](raw, tokenizer, cfg)
+        return add_teacher_columns(encoded, raw, tokenizer, cfg, **teacher_columns) if teacher_columns else encoded
+
+    train = with_sample_ids(encode(train))
     # Evaluation ids continue after the training ids: one logit store can serve both without collisions.
-    evaluation = with_sample_ids(encode(evaluation, tokenizer, cfg), len(train)) if evaluation is not None else None
+    evaluation = with_sample_ids(encode(evaluation), len(train)) if evaluation is not None else None
     for name, ds in (("training", train), ("evaluation", evaluation)):
         if ds is not None and counted_tokens(ds) == 0:
             raise ValueError(

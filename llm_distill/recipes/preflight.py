@@ -23,6 +23,7 @@ from ..tasks import AUTO_CLASSES, load_tokenizer_of, model_config, task_for_data
 from ..teacher.store import LogitStore, expected_store_fingerprint
 from ..vocab import check_tokenizers, shared_vocab_size
 from .outdir import check_output_dir
+from .regimes import check_teacher_tokenizers, first_live_teacher, teacher_columns
 from .schema import Recipe
 
 logger = logging.getLogger("llm_distill")
@@ -182,7 +183,8 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
     task = recipe_task(args, recipe)
     args.task = task
     live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
-    if verb in ("train", "check") and not (args.teacher_model_name_or_path or args.teacher_logits_path):
+    others = args.teachers or args.self_teacher or args.online_distillation  # sources that need no single teacher
+    if verb in ("train", "check") and not (args.teacher_model_name_or_path or args.teacher_logits_path or others):
         raise ValueError(
             "no teacher: set teacher_model_name_or_path (a live teacher) or teacher_logits_path (a logit store)"
         )
@@ -192,6 +194,10 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
     teacher_config = None
     if args.teacher_model_name_or_path:
         teacher_config = model_config(args.teacher_model_name_or_path, "teacher_model_name_or_path")
+    for i, spec in enumerate(args.teachers or []):
+        if spec["path"]:
+            config = model_config(spec["path"], f"teachers[{i}].path")
+            teacher_config = teacher_config or config  # the first live teacher shapes the student
     checkpoint, field = student_checkpoint(recipe)
     from_previous = previous is not None and checkpoint == previous.args.output_dir and not os.path.isdir(checkpoint)
     student_cfg = previous.student_config if from_previous else resolve_student_config(recipe, teacher_config, task)
@@ -202,6 +208,8 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
         tokenizer = load_tokenizer_of(checkpoint, field)
     elif args.teacher_model_name_or_path:
         tokenizer = load_tokenizer_of(args.teacher_model_name_or_path, "teacher_model_name_or_path")
+    elif first_live_teacher(args):
+        tokenizer = load_tokenizer_of(first_live_teacher(args), "teachers[0].path")
     else:
         raise ValueError(
             "no tokenizer source: set student.model_name_or_path, student.from_teacher.init_from or "
@@ -213,6 +221,8 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
         teacher_tokenizer = load_tokenizer_of(args.teacher_model_name_or_path, "teacher_model_name_or_path")
         check_tokenizers(teacher_tokenizer, tokenizer)
 
+    if args.teachers:
+        check_teacher_tokenizers(args, tokenizer)
     if live or verb == "cache-logits":
         shared_vocab_size(_output_width(teacher_config, task), student_cfg, tokenizer, task)
     if live and verb != "finetune":
@@ -224,7 +234,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
     check_positions(data, {"student": student_cfg, "teacher": teacher_config})
 
     with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds = build_datasets(data, tokenizer)
+        train_ds, eval_ds = build_datasets(data, tokenizer, **teacher_columns(args))
     check_labels(train_ds, student_cfg, task)
     if verb in ("train", "check") and args.teacher_logits_path:
         expected = expected_store_fingerprint(args, task, tokenizer, train_ds, eval_ds)

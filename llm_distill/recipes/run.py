@@ -16,6 +16,7 @@ from ..teacher.store import cache_logits, store_dataset
 from ..trainer import DistillationTrainer
 from .outdir import start_run
 from .preflight import Checked, preflight
+from .regimes import first_live_teacher, train_generations, train_online_stage
 from .resume import resume_point
 from .schema import Recipe, stage_recipes
 
@@ -69,8 +70,13 @@ def check_stages(recipe: Recipe, verb: str) -> list[tuple[str, Checked]]:
     return checked
 
 
-def train(recipe: Recipe) -> None:
-    """Train every stage of ``recipe`` in order; a finished stage is skipped."""
+def train(recipe: Recipe) -> dict:
+    """Train every stage of ``recipe`` in order; a finished stage is skipped. Returns the last trained stage's
+    evaluation metrics (empty when it was skipped or has no eval data). ``generations > 1`` trains that many
+    born-again students in sequence (``recipes.regimes.train_generations``)."""
+    if recipe.training_args().generations > 1:
+        return train_generations(recipe, train)
+    metrics: dict = {}
     stages = check_stages(recipe, "train")
     for i, (name, checked) in enumerate(stages):
         if i > 0:  # this stage's student is the previous stage's output, which exists only now
@@ -81,22 +87,27 @@ def train(recipe: Recipe) -> None:
             continue
         if name:
             logger.info("stage %s -> %s", name, checked.args.output_dir)
-        train_stage(checked)
+        metrics = train_stage(checked)
+    return metrics
 
 
 def train_stage(checked: Checked) -> dict:
     """Train one checked recipe (one stage) end to end; returns the final evaluation metrics (empty without eval)."""
     recipe, args, task = checked.recipe, checked.args, checked.task
-    live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
     start_run(args, recipe)
+    if args.online_distillation:
+        return train_online_stage(checked, build_student)
+    live = bool(args.teacher_model_name_or_path) and not args.teacher_logits_path
     teacher = None
     if args.teacher_model_name_or_path and (live or recipe.student.get("from_teacher") is not None):
         attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
+    elif args.teachers and recipe.student.get("from_teacher") is not None and first_live_teacher(args):
+        teacher = load_model(first_live_teacher(args), task, dtype=args.teacher_dtype)  # it shapes the student
     set_seed(args.seed)  # before the student: a random init must not depend on what was loaded before it
     student = build_student(recipe, args, task, teacher)
     if not live:
-        teacher = None  # it only shaped the student; targets come from the logit store
+        teacher = None  # it only shaped the student; targets come from the logit store or the teachers list
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,

@@ -37,9 +37,43 @@ class TeacherOutputs:
     final_hidden: torch.Tensor | None = None
     lm_head_weight: torch.Tensor | None = None
     lm_head_bias: torch.Tensor | None = None
+    parts: list[TeacherPart] = field(default_factory=list)
+
+    def map_positions(self, fn) -> TeacherOutputs:
+        """The same targets with ``fn`` applied to every per-position tensor ``(B, S, ...)`` (a gather, a scatter);
+        the lm_head is shared, not per position."""
+        return TeacherOutputs(
+            logits=None if self.logits is None else fn(self.logits),
+            sparse=None if self.sparse is None else self.sparse.map(fn),
+            hidden_states={k: fn(v) for k, v in self.hidden_states.items()},
+            attentions=dict(self.attentions),
+            final_hidden=None if self.final_hidden is None else fn(self.final_hidden),
+            lm_head_weight=self.lm_head_weight,
+            lm_head_bias=self.lm_head_bias,
+            parts=[TeacherPart(p.name, p.outputs.map_positions(fn), p.weight, p.rows) for p in self.parts],
+        )
+
+
+@dataclass
+class TeacherPart:
+    """One of several teachers' targets, when the KD term is one divergence per teacher.
+
+    With ``TeacherOutputs.parts`` set, the trainer computes the KD sum as ``sum_i weight_i * KD(student, outputs_i)``
+    over the counted positions of the rows ``rows`` marks (``(B,)`` bool; None = every row), and logs each part's
+    own term and agreement under its ``name``. Weights of a combination sum to 1, so that identical teachers equal
+    one teacher; routed rows (one teacher per row) have weight 1 and disjoint ``rows``.
+    """
+
+    name: str
+    outputs: TeacherOutputs
+    weight: float = 1.0
+    rows: torch.Tensor | None = None
 
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+# Batch columns that only teacher sources read (the student never sees them): the logit-store row id, the context
+# teacher's own prompt, the routed teacher of each row. The trainer keeps them through column pruning.
+TEACHER_BATCH_KEYS = ("sample_id", "teacher_prompt_ids", "teacher_prompt_mask", "teacher_index")
 
 
 def model_inputs(batch: dict) -> dict:
@@ -93,3 +127,18 @@ class TeacherSource(Protocol):
     def describe(self) -> dict:
         """What the exported student's metadata records about its teacher (JSON scalars)."""
         ...
+
+
+@runtime_checkable
+class TrainedTeacherSource(Protocol):
+    """A source whose teacher changes during the run (an EMA of the student), so its state is part of the run's.
+
+    The trainer calls ``after_optimizer_step`` after every optimizer step, writes ``teacher_state()`` into every
+    checkpoint and gives it back to ``load_teacher_state`` on resume; sources without these methods are fixed.
+    """
+
+    def after_optimizer_step(self, student: nn.Module) -> None: ...
+
+    def teacher_state(self) -> dict[str, torch.Tensor]: ...
+
+    def load_teacher_state(self, state: dict[str, torch.Tensor]) -> None: ...

@@ -60,29 +60,49 @@ class LiveTeacher:
         # Eval mode every call: Trainer.train() puts *its* model in train mode, and a user may have called
         # .train() on the teacher; dropout in the teacher would make the targets noisy.
         self.model.eval()
-        need_hidden = bool(hidden_layers)
-        need_attn = bool(attention_layers)
-        extra = {"logits_to_keep": no_logits(batch)} if want_final_hidden else {}
-        with torch.no_grad():
-            out = self.model(
-                **model_inputs(batch),
-                output_hidden_states=need_hidden or want_final_hidden or None,
-                output_attentions=need_attn or None,
-                return_dict=True,
-                **extra,
+        return forward_targets(
+            self.model,
+            batch,
+            hidden_layers=hidden_layers,
+            attention_layers=attention_layers,
+            want_logits=want_logits,
+            want_final_hidden=want_final_hidden,
+        )
+
+
+def forward_targets(
+    model: nn.Module,
+    batch: dict,
+    *,
+    hidden_layers: Sequence[int] = (),
+    attention_layers: Sequence[int] = (),
+    want_logits: bool = True,
+    want_final_hidden: bool = False,
+) -> TeacherOutputs:
+    """One teacher forward of ``model`` under ``no_grad`` (the caller sets its mode), as ``TeacherOutputs``."""
+    need_hidden = bool(hidden_layers)
+    need_attn = bool(attention_layers)
+    extra = {"logits_to_keep": no_logits(batch)} if want_final_hidden else {}
+    with torch.no_grad():
+        out = model(
+            **model_inputs(batch),
+            output_hidden_states=need_hidden or want_final_hidden or None,
+            output_attentions=need_attn or None,
+            return_dict=True,
+            **extra,
+        )
+    result = TeacherOutputs(logits=out.logits if want_logits and not want_final_hidden else None)
+    if want_final_hidden:
+        head = model.get_output_embeddings()
+        result.final_hidden = out.hidden_states[-1]
+        result.lm_head_weight, result.lm_head_bias = head.weight, getattr(head, "bias", None)
+    if need_hidden:
+        result.hidden_states = {i: out.hidden_states[i] for i in hidden_layers}
+    if need_attn:
+        if not out.attentions:
+            raise RuntimeError(
+                "the teacher returned no attention maps; load it with attn_implementation='eager' (SDPA and "
+                "flash attention do not return them)"
             )
-        result = TeacherOutputs(logits=out.logits if want_logits and not want_final_hidden else None)
-        if want_final_hidden:
-            head = self.model.get_output_embeddings()
-            result.final_hidden = out.hidden_states[-1]
-            result.lm_head_weight, result.lm_head_bias = head.weight, getattr(head, "bias", None)
-        if need_hidden:
-            result.hidden_states = {i: out.hidden_states[i] for i in hidden_layers}
-        if need_attn:
-            if not out.attentions:
-                raise RuntimeError(
-                    "the teacher returned no attention maps; load it with attn_implementation='eager' (SDPA and "
-                    "flash attention do not return them)"
-                )
-            result.attentions = {i: out.attentions[i - 1] for i in attention_layers}
-        return result
+        result.attentions = {i: out.attentions[i - 1] for i in attention_layers}
+    return result
