@@ -125,3 +125,11 @@ def save_config_only_model(path, task: str, tokenizer=None, **overrides) -> str:
     config.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def make_bert_tokenizer(vocab: list[str]):
+    """A BERT WordPiece tokenizer over ``vocab``. (transformers 5 builds one of the special tokens alone from
+    ``vocab_file=``; the vocabulary must be given as a dict.)"""
+    from transformers import BertTokenizerFast
+
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 import yaml
-from conftest import tiny_bert_classifier, tiny_llama
+from conftest import make_bert_tokenizer, tiny_bert_classifier, tiny_llama
 from datasets import Dataset
 from safetensors.torch import load_file
 from test_trainer import StopAt, flat_params, instruction_dataset, make_args
@@ -136,13 +136,11 @@ def test_feature_distillation_gradient_accumulation_equivalence(tmp_path, char_t
 @pytest.mark.parametrize("width", [48, 32])
 def test_two_stage_tinybert_recipe_runs_from_the_cli(tmp_path, monkeypatch, width):
     """Both TinyBERT stages, one command: stage 2 starts from the stage-1 student and exports a plain model."""
-    from transformers import BertTokenizerFast
 
     from llm_distill.cli import main
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["good", "bad"]
-    # vocab= (a dict): transformers 5 builds a tokenizer of the special tokens alone from vocab_file=.
-    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)})
+    tokenizer = make_bert_tokenizer(vocab)
     teacher = tiny_bert_classifier(vocab_size=len(vocab), layers=4, hidden=48, heads=4, seed=1)
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")

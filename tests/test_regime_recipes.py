@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import tiny_bert_classifier
+from conftest import make_bert_tokenizer, tiny_bert_classifier
 from test_trainer import flat_params
-from transformers import AutoModelForSequenceClassification, BertTokenizerFast
+from transformers import AutoModelForSequenceClassification
 
 from llm_distill.cli import main
 
@@ -18,8 +18,7 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(
 @pytest.fixture
 def workspace(tmp_path):
     """Two tiny teachers, a pretrained-like start for the students, and labelled rows with a teacher column."""
-    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB))
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = make_bert_tokenizer(VOCAB)
     for name, seed, layers in (("teacher_a", 1, 4), ("teacher_b", 5, 4), ("start", 9, 2)):
         tiny_bert_classifier(vocab_size=len(VOCAB), layers=layers, hidden=32, seed=seed).save_pretrained(
             tmp_path / name
