@@ -1,6 +1,7 @@
 """Config validation and recipe parsing: bad values fail at construction, naming field, value and fix."""
 
 import glob
+import json
 import os
 
 import pytest
@@ -53,6 +54,9 @@ def test_every_shipped_recipe_passes_preflight(path, monkeypatch, tmp_path, caps
     flags = ["--output_dir", str(tmp_path / "run")]
     if args.teacher_model_name_or_path:
         flags += ["--teacher_model_name_or_path", fake]
+    if args.teachers:
+        stand_ins = [{"path": fake, "name": t["name"], "weight": t["weight"]} for t in args.teachers]
+        flags += ["--teachers", json.dumps(stand_ins)]
     if recipe.student.get("model_name_or_path"):
         flags += ["--student.model_name_or_path", fake]
     if (recipe.student.get("from_teacher") or {}).get("init_from"):
