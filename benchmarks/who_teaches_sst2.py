@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=None, help="validation rows (default: all 872)")
     ns = parser.parse_args()
     os.chdir(ROOT)
-    from llm_distill.assets.fetch import fetch
+    from llm_distill.assets import fetch
 
     pretrained = fetch("minilm", PRETRAINED)
     out = ns.out
