@@ -16,6 +16,7 @@ from . import __version__
 from .compat import check_tokenizers, shared_vocab_size
 from .config import DistillationConfig
 from .data import DistillationCollator
+from .export import match_umask
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from .logit_terms import check_fusable, dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
@@ -334,6 +335,7 @@ class DistillationTrainer(Trainer):
         else:
             self._save_student_and_projections(output_dir, state_dict)
         if self.args.should_save:
+            match_umask(output_dir)  # safetensors writes weights owner-only (0600); give them config.json's mode
             meta = self.distillation_metadata()
             with open(os.path.join(output_dir, METADATA_NAME), "w") as fh:
                 json.dump(meta, fh, indent=2)
