@@ -58,7 +58,7 @@ def _bar_panel(ax, models, colours, values, cis, title, label_fmt, rounds=None) 
     errs = None
     if cis and all(cis):
         errs = [[v - ci[0] for v, ci in zip(values, cis)], [ci[1] - v for v, ci in zip(values, cis)]]
-    ax.bar(xs, values, color=colours, alpha=0.85, yerr=errs, capsize=6, error_kw={"linewidth": 1.5})
+    ax.bar(xs, values, color=colours, yerr=errs, capsize=6, error_kw={"linewidth": 1.5})
     if rounds:
         for x, samples in zip(xs, rounds):
             jitter = [x - 0.25 + 0.5 * i / max(1, len(samples) - 1) for i in range(len(samples))]

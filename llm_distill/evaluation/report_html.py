@@ -13,12 +13,13 @@ from pathlib import Path
 from .tables import report_tables, title
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1150px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
        color: #222; line-height: 1.4; padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
+th { background: #f3f3f3; white-space: normal; vertical-align: bottom; }
+td:first-child, th:first-child { text-align: left; font-weight: 600; }
 p.note { color: #555; font-size: 0.88em; max-width: 1000px; }
 .warn { background: #fff4e0; border-left: 4px solid #e08a00; padding: 0.5em 1em; }
 .verdict-better, .verdict-faster { color: #1a7f37; font-weight: 600; }
