@@ -31,7 +31,7 @@ def _spin(stop_at: float) -> None:
 
 
 def measure(teacher, student, t_make, s_make, n: int, repeats: int) -> dict:
-    kw = {"batch_size": 8, "repeats": repeats, "max_repeats": 3 * repeats}
+    kw = {"batch_size": 8, "repeats": repeats, "max_repeats": 2 * repeats}
     both = time_models(
         [TimingTarget("teacher", teacher, t_make, n), TimingTarget("student", student, s_make, n)], **kw
     )

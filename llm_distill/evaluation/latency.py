@@ -10,7 +10,10 @@ headline figure of a model is therefore the *best of rounds*: for each example t
 over the examples (``latency_ms_per_example``; throughput alike over the batches). Its 95 % interval and that of
 every ratio come from a bootstrap over rounds (the same resampled rounds for all models, since a round times them
 side by side). The median run (``latency_typical_ms``) says what a forward took during this run; when it is much
-slower than the best, the report warns that the machine was busy.
+slower than the best, the report warns that the machine was busy. Contention slows even the best runs (shared
+caches, memory bandwidth), so absolute times stay inflated on a busy machine; what survives is the ratio of models
+timed side by side (measured with ``eval/speed_check.py``: 1.44x interleaved at load 5 on 2 cores, where timing
+each model alone gave 4.5x).
 
 The thread count is pinned (default 1) while timing: intra-op threads wait for each other at every operator, so
 one thread stalled by a neighbour stalls them all, and a 2-thread forward on a shared 2-core machine can take 10x
@@ -240,8 +243,8 @@ def timing_warnings(models: dict[str, dict], timing: dict) -> list[str]:
     share = timing.get("cpu_share")
     if share is not None and share < MIN_CPU_SHARE and timing["device"] == "cpu":
         out.append(
-            f"the machine was busy: the timing process got {share:.0%} of the CPU time it asked for; the reported "
-            "best-of-rounds times and the ratios discount most of that, typical (median) times do not"
+            f"the machine was busy: the timing process got {share:.0%} of the CPU time it asked for, so absolute "
+            "times are inflated (even the best runs); the speed-ups, measured side by side, are the figures to compare"
         )
     loads = [x for x in (timing.get("load_before"), timing.get("load_after")) if x is not None]
     cores = timing.get("cpu_count") or 1
