@@ -53,26 +53,28 @@ def _quality_panel(ax, report: dict, colours: list[str]) -> None:
     ax.set_xlim(-0.5, len(models) - 0.3)
 
 
-def _bar_panel(ax, models, colours, values, cis, title, label_fmt, rounds=None) -> None:
+def _bar_panel(ax, models, colours, values, title, label_fmt, rounds=None, spreads=None) -> None:
+    """Bars from 0; with ``rounds``, every round as a grey dot and (``spreads``: (median, [p25, p75]) per model)
+    the rounds' median and interquartile range as a black point and line beside the bar."""
     xs = list(range(len(models)))
-    errs = None
-    if cis and all(cis):
-        errs = [[v - ci[0] for v, ci in zip(values, cis)], [ci[1] - v for v, ci in zip(values, cis)]]
-    ax.bar(xs, values, color=colours, yerr=errs, capsize=6, error_kw={"linewidth": 1.5})
-    if rounds:
-        for x, samples in zip(xs, rounds):
-            jitter = [x - 0.25 + 0.5 * i / max(1, len(samples) - 1) for i in range(len(samples))]
-            ax.scatter(jitter, samples, s=6, color="black", alpha=0.35, zorder=3)
+    ax.bar(xs, values, color=colours, width=0.6)
+    for x, samples in zip(xs, rounds or []):
+        jitter = [x - 0.2 + 0.4 * i / max(1, len(samples) - 1) for i in range(len(samples))]
+        ax.scatter(jitter, samples, s=7, color="black", alpha=0.3, zorder=3, linewidths=0)
+    for x, (median, (p25, p75)) in zip(xs, spreads or []):
+        ax.errorbar([x + 0.36], [median], yerr=[[median - p25], [p75 - median]], fmt="o", color="black",
+                    markersize=4, capsize=3, linewidth=1.2)  # fmt: skip
     for x, v in zip(xs, values):
-        ax.annotate(label_fmt(v), (x, v), xytext=(4, 2), textcoords="offset points", fontsize=9)
+        ax.annotate(label_fmt(v), (x, v), xytext=(-4, 3), textcoords="offset points", fontsize=9, ha="right")
     ax.set_ylim(bottom=0)
+    ax.set_xlim(-0.5, len(models) - 0.3)
     ax.set_title(title)
     ax.set_xticks(xs, [m["name"] for m in models])
 
 
 def summary_plot(report: dict, path: str | Path) -> str:
-    """Quality (points, 95 % CI), parameters, batch-1 latency and throughput (bars from 0: best of rounds with its
-    95 % CI; dots: every timing round), titled with the model and task names."""
+    """Quality (points, 95 % CI), parameters, batch-1 latency and throughput (bars from 0: best of rounds; dots:
+    every timing round; black: the rounds' median and interquartile range), titled with the model and task names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,19 +84,20 @@ def summary_plot(report: dict, path: str | Path) -> str:
     colours = _colours(models)
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     _quality_panel(axes[0, 0], report, colours)
-    _bar_panel(axes[0, 1], models, colours, [m["parameters"] / 1e6 for m in models], None,
-               "parameters (millions)", lambda v: fmt_count(v * 1e6))  # fmt: skip
-    disturbed = "\nmachine busy while timing: see the report's warnings" if report.get("warnings") else ""
+    _bar_panel(axes[0, 1], models, colours, [m["parameters"] / 1e6 for m in models], "parameters (millions)",
+               lambda v: fmt_count(v * 1e6))  # fmt: skip
+    busy = "; machine busy, see warnings" if report.get("warnings") else ""
     _bar_panel(axes[1, 0], models, colours, [m["latency_ms_per_example"] for m in models],
-               [m["latency_ms_ci"] for m in models],
-               f"batch-1 latency, ms per example (best of rounds, 95 % CI; dots: rounds){disturbed}",
-               lambda v: f"{fmt_sig(v)} ms", rounds=[m["latency_rounds_ms"] for m in models])  # fmt: skip
+               f"batch-1 latency, ms per example (lower is better)\nbar: best of rounds; dots: rounds; "
+               f"black: median, IQR{busy}", lambda v: f"{fmt_sig(v)} ms",
+               rounds=[m["latency_rounds_ms"] for m in models],
+               spreads=[(m["latency_typical_ms"], m["latency_rounds_iqr_ms"]) for m in models])  # fmt: skip
     unit = report["task"]["throughput_unit"]
     _bar_panel(axes[1, 1], models, colours, [m["throughput_examples_per_s"] for m in models],
-               [m["throughput_ci"] for m in models],
-               f"throughput, {unit}/s at batch {report['timing']['batch_size']}"
-               "\n(best of rounds, 95 % CI; dots: rounds)",
-               lambda v: fmt_sig(v), rounds=[m["throughput_rounds"] for m in models])  # fmt: skip
+               f"throughput, {unit}/s at batch {report['timing']['batch_size']} (higher is better)\n"
+               "bar: best of rounds; dots: rounds; black: median, IQR", fmt_sig,
+               rounds=[m["throughput_rounds"] for m in models],
+               spreads=[(m["throughput_typical"], m["throughput_rounds_iqr"]) for m in models])  # fmt: skip
     for ax in axes.flat:
         ax.tick_params(axis="x", labelsize=9)
         ax.grid(axis="y", alpha=0.3)

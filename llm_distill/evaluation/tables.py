@@ -177,16 +177,17 @@ def comparison_table(report: dict) -> Table | None:
 def speed_table(report: dict) -> Table:
     t = report["timing"]
     unit = report["task"]["throughput_unit"]
-    headers = ["model", "parameters", "disk", "batch-1 latency, ms (95 % CI)", "median run, ms", "speed-up vs teacher",
-               f"throughput, {unit}/s (95 % CI)", "throughput vs teacher", "compression"]  # fmt: skip
+    headers = ["model", "parameters", "disk", "batch-1 latency, ms", "rounds: median [IQR]",
+               "speed-up vs teacher (95 % CI)", f"throughput, {unit}/s", "rounds: median [IQR]",
+               "throughput vs teacher (95 % CI)", "compression"]  # fmt: skip
     rows = []
     for m in report["models"]:
         student = m["role"] != "teacher"
         rows.append([
             m["name"], fmt_count(m["parameters"]), fmt_bytes(m["disk_bytes"]),
-            with_ci(m["latency_ms_per_example"], m["latency_ms_ci"]), fmt_sig(m["latency_typical_ms"]),
+            fmt_sig(m["latency_ms_per_example"]), with_ci(m["latency_typical_ms"], m["latency_rounds_iqr_ms"]),
             speed_words(m.get("speedup"), m.get("speedup_ci"), m.get("speedup_verdict")) if student else "1×",
-            with_ci(m["throughput_examples_per_s"], m["throughput_ci"]),
+            fmt_sig(m["throughput_examples_per_s"]), with_ci(m["throughput_typical"], m["throughput_rounds_iqr"]),
             speed_words(m.get("throughput_ratio"), m.get("throughput_ratio_ci"), m.get("throughput_ratio_verdict"))
             if student else "1×",
             fmt_ratio(m["compression"]),
@@ -195,9 +196,10 @@ def speed_table(report: dict) -> Table:
         f"Timed interleaved in one process on {t['device']} with {t['threads']} thread(s): {t['rounds']} rounds, each "
         f"running every model on the same {report['settings']['timing_examples']} examples one after the other, at "
         f"batch 1 and in batches of {t['batch_size']}, after {t['warmup']} warm-up rounds. Latency and throughput are "
-        "the best of rounds (each input's fastest run: other processes only ever add time); intervals and speed-ups "
-        "(ratios of those figures) come from a bootstrap over rounds. The median run shows how disturbed the "
-        f"machine was; the timing process got {fmt_pct(t['cpu_share'])} of the CPU time it asked for."
+        "the best of rounds (each input's fastest run: other processes only ever add time); the rounds' median and "
+        "interquartile range show the spread, and how disturbed the machine was (the timing process got "
+        f"{fmt_pct(t['cpu_share'])} of the CPU time it asked for). Speed-ups are ratios of best-of-rounds figures, "
+        "with 95 % intervals from a bootstrap over rounds."
     ]
     return Table("Size and speed", headers, rows, notes)
 
