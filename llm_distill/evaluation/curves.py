@@ -120,8 +120,9 @@ def plot_curves(run: RunCurves, path: str | Path, title: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = run.series
-    losses = [k for k in LOSS_KEYS if k in keys] + sorted(k for k in keys if k.startswith("eval_") and "loss" in k)
+    # The eval loss terms repeat the training ones; the total eval loss stands for them.
+    keys = {k: v for k, v in run.series.items() if k == "eval_loss" or not (k.startswith("eval_") and "loss" in k)}
+    losses = [k for k in (*LOSS_KEYS, "eval_loss") if k in keys]
     fractions = [k for k in FRACTION_KEYS if k in keys]
     others = sorted(k for k in keys if k not in losses and k not in fractions)
     panels = [(losses, "losses (log scale)"), (fractions, "agreement / accuracy")] + (
@@ -156,7 +157,7 @@ def plot_curves(run: RunCurves, path: str | Path, title: str) -> str:
                 ax.axvline(start, color="grey", linestyle="--", linewidth=1)
             ax.annotate(name, (start, 1.0), xycoords=("data", "axes fraction"), xytext=(3, 3),
                         textcoords="offset points", fontsize=8, color="dimgrey")  # fmt: skip
-        ax.set_xlim(0, max(run.last_step, 1))
+        ax.set_xlim(0, max(run.last_step, 1) * 1.03)  # room for the eval point at the last step
         ax.set_xlabel("optimizer step (all stages)")
         ax.set_title(label, pad=16)
         ax.legend(fontsize=8, loc="best")
