@@ -20,6 +20,7 @@ from ._version import __version__
 from .checks import NonFiniteError
 from .config import DistillationConfig
 from .data import DistillationCollator
+from .export import match_umask
 from .features import FeatureDistiller, StudentWithFeatures, feature_distiller_for, prepare_for_feature_distillation
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
@@ -458,6 +459,7 @@ class DistillationTrainer(Trainer):
             os.makedirs(output_dir, exist_ok=True)
             torch.save(self.teacher.teacher_state(), os.path.join(output_dir, TEACHER_STATE_NAME))
         if self.args.should_save:
+            match_umask(output_dir)  # safetensors writes weights owner-only (0600); give them config.json's mode
             meta = self.distillation_metadata()
             with open(os.path.join(output_dir, METADATA_NAME), "w") as fh:
                 json.dump(meta, fh, indent=2)

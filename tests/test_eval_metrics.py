@@ -139,3 +139,27 @@ def test_rnd_rule():
     assert rnd(0.123456789) == 0.1235
     assert rnd(3.2e-6) == 3.2e-06  # small values keep significant digits instead of collapsing to 0
     assert rnd({"a": [1, 2.00004, None, "x"]}) == {"a": [1, 2.0, None, "x"]}
+
+
+def test_agreement_intervals_resample_units():
+    torch.manual_seed(0)
+    s, t = torch.randn(60, 8) * 2, torch.randn(60, 8) * 2
+    targets = torch.randint(0, 8, (60,))
+    rows = AgreementAccumulator()
+    rows.update(s, t, targets)
+    windows = AgreementAccumulator()
+    # Three updates, rows of one window spread over two of them: units are grouped by id, not by update.
+    units = torch.arange(60) // 6
+    windows.update(s[:30], t[:30], targets[:30], units=units[:30])
+    windows.update(s[30:33], t[30:33], targets[30:33], units=units[30:33])
+    windows.update(s[33:], t[33:], targets[33:], units=units[33:])
+    a, b = rows.compute(), windows.compute()
+    assert a["num_units"] == 60 and b["num_units"] == 10
+    for key in ("kl", "top1_agreement", "top5_agreement"):
+        assert a[key] == pytest.approx(b[key])  # the point estimate does not depend on the grouping
+        for out in (a, b):
+            lo, hi = out[f"{key}_ci"]
+            assert lo <= out[key] <= hi
+    assert b["top1_agreement_ci"] != a["top1_agreement_ci"]  # resampled by window, not by row
+    with pytest.raises(ValueError, match="one unit id per row"):
+        windows.update(s[:2], t[:2], targets[:2], units=units[:3])

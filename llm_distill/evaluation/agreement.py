@@ -69,6 +69,8 @@ def causal_lm_agreement(
         # Causal shift: logits at t predict token t+1, so position t counts where labels[t+1] != -100.
         targets = batch["labels"][:, 1:].to(device)
         mask = targets != -100
+        # Each window is one bootstrap unit: its rows are the window's counted tokens.
+        window_ids = torch.arange(start, start + mask.shape[0], device=mask.device)[:, None].expand_as(mask)[mask]
         t_logits = teacher(**inputs).logits[:, :-1]
         vocab = real_vocab or t_logits.shape[-1]
         t_rows = t_logits[mask][:, :vocab]
@@ -76,7 +78,7 @@ def causal_lm_agreement(
             s_logits = student(**inputs).logits[:, :-1]
             if s_logits.shape[-1] < vocab:
                 raise ValueError(f"student {name!r} has {s_logits.shape[-1]} logits per token, fewer than {vocab}")
-            accs[name].update(s_logits[mask][:, :vocab], t_rows, targets[mask])
+            accs[name].update(s_logits[mask][:, :vocab], t_rows, targets[mask], units=window_ids)
     return {name: acc.compute() for name, acc in accs.items()}
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses.divergences import divergence_from_logprobs
+from .stats import ratio_interval
 
 
 def _as_int_list(values: Sequence[int] | torch.Tensor, name: str) -> list[int]:
@@ -156,6 +157,9 @@ class AgreementAccumulator:
       None when there are 5 classes or fewer (it would be 1 by construction).
     - ``ece_teacher`` / ``ece_student``: 15-bin ECE of each model against the true targets.
     - ``accuracy_teacher`` / ``accuracy_student``: top-1 accuracy against the true targets.
+    - ``kl_ci``, ``top1_agreement_ci``, ``top5_agreement_ci``: 95 % bootstrap intervals over units — the rows
+      themselves for classifiers, or the groups named by ``update(..., units=...)`` (a causal LM's windows: tokens
+      of one window are not independent of each other).
     """
 
     chunk_elements = 8_000_000  # logits per processing chunk (rows = chunk_elements // C)
@@ -171,10 +175,19 @@ class AgreementAccumulator:
         self.correct_student = 0
         self.bins_teacher = CalibrationBins(n_bins)
         self.bins_student = CalibrationBins(n_bins)
+        # (unit ids (U,), per-unit sums (U, 4): kl, top-1 agreement, top-k agreement, rows) per processed chunk.
+        self._units: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def update(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def update(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        targets: torch.Tensor,
+        units: torch.Tensor | None = None,
+    ) -> None:
         """student_logits, teacher_logits: ``(N, C)`` rows that count (already masked/shifted);
-        targets: ``(N,)`` int64 true class or next token for each row."""
+        targets: ``(N,)`` int64 true class or next token for each row; units: ``(N,)`` int64 id of the independent
+        unit each row belongs to (default: every row its own unit)."""
         if student_logits.shape != teacher_logits.shape:
             raise ValueError(
                 f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "
@@ -184,34 +197,62 @@ class AgreementAccumulator:
             return
         self.num_classes = student_logits.shape[-1]
         targets = targets.to(student_logits.device)
+        n = student_logits.shape[0]
+        if units is None:
+            units = torch.arange(self.count, self.count + n)
+        elif units.shape != (n,):
+            raise ValueError(f"units has shape {tuple(units.shape)}; expected ({n},), one unit id per row")
         # Rows in chunks: with a 50k-150k vocabulary, a few fp32 (rows, V) temporaries per chunk stay ~32 MB each.
         rows = max(1, self.chunk_elements // self.num_classes)
-        for i in range(0, student_logits.shape[0], rows):
-            self._update_chunk(student_logits[i : i + rows], teacher_logits[i : i + rows], targets[i : i + rows])
+        for i in range(0, n, rows):
+            sl = slice(i, i + rows)
+            self._update_chunk(student_logits[sl], teacher_logits[sl], targets[sl], units[sl].cpu())
 
-    def _update_chunk(self, s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tensor) -> None:
+    def _update_chunk(
+        self, s_logits: torch.Tensor, t_logits: torch.Tensor, targets: torch.Tensor, units: torch.Tensor
+    ) -> None:
         ls = F.log_softmax(s_logits.float(), dim=-1)
         lt = F.log_softmax(t_logits.float(), dim=-1)
-        self.kl_sum += float(divergence_from_logprobs(ls, lt, kind="forward_kl").sum())
+        kl = divergence_from_logprobs(ls, lt, kind="forward_kl")
+        self.kl_sum += float(kl.sum())
         self.count += ls.shape[0]
         t_max, t_top1 = lt.max(-1)
         s_max, s_top1 = ls.max(-1)
-        self.top1 += int((t_top1 == s_top1).sum())
+        top1 = t_top1 == s_top1
+        self.top1 += int(top1.sum())
         k = min(self.top_k, ls.shape[-1])
-        self.topk += int((ls.topk(k, dim=-1).indices == t_top1.unsqueeze(-1)).any(-1).sum())
+        topk = (ls.topk(k, dim=-1).indices == t_top1.unsqueeze(-1)).any(-1)
+        self.topk += int(topk.sum())
+        per_row = torch.stack([kl.double(), top1.double(), topk.double(), torch.ones_like(kl, dtype=torch.float64)], 1)
+        ids, inverse = torch.unique(units, return_inverse=True)
+        sums = torch.zeros(len(ids), 4, dtype=torch.float64).index_add_(0, inverse, per_row.cpu())
+        self._units.append((ids, sums))
         self.correct_teacher += int((t_top1 == targets).sum())
         self.correct_student += int((s_top1 == targets).sum())
         # Confidence = max probability = exp(max log-probability); no softmax copy needed.
         self.bins_teacher.update_confidence(t_max.exp(), t_top1, targets)
         self.bins_student.update_confidence(s_max.exp(), s_top1, targets)
 
-    def compute(self) -> dict[str, float | int | None]:
+    def unit_sums(self) -> torch.Tensor:
+        """``(U, 4)`` float64 per-unit sums of KL, top-1 agreement, top-k agreement and rows."""
+        ids = torch.cat([i for i, _ in self._units])
+        sums = torch.cat([s for _, s in self._units])
+        _, inverse = torch.unique(ids, return_inverse=True)
+        return torch.zeros(int(inverse.max()) + 1, 4, dtype=torch.float64).index_add_(0, inverse, sums)
+
+    def compute(self) -> dict[str, float | int | list[float] | None]:
         if self.count == 0:
             raise ValueError("no counted positions were seen; check the labels / attention mask of the data")
+        units = self.unit_sums()
+        has_topk = (self.num_classes or 0) > self.top_k
         return {
             "kl": self.kl_sum / self.count,
+            "kl_ci": list(ratio_interval(units[:, 0], units[:, 3])),
+            "top1_agreement_ci": list(ratio_interval(units[:, 1], units[:, 3])),
+            "top5_agreement_ci": list(ratio_interval(units[:, 2], units[:, 3])) if has_topk else None,
+            "num_units": units.shape[0],
             "top1_agreement": self.top1 / self.count,
-            "top5_agreement": self.topk / self.count if (self.num_classes or 0) > self.top_k else None,
+            "top5_agreement": self.topk / self.count if has_topk else None,
             "ece_teacher": self.bins_teacher.ece(),
             "ece_student": self.bins_student.ece(),
             "accuracy_teacher": self.correct_teacher / self.count,

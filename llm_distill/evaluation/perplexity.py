@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..losses.divergences import hard_ce
 from ..tasks import load_tokenizer_of, model_config
 from .common import add_common_args, load_text, resolve_device, resolve_dtype, rnd, write_json
+from .stats import ratio_interval
 
 
 @dataclass(frozen=True)
@@ -106,24 +107,48 @@ def tokenize_for_scoring(
 
 
 @torch.no_grad()
-def strided_nll(
+def window_nll(
     model, ids: torch.Tensor, *, max_length: int, stride: int, batch_size: int = 8, pad_id: int = 0, desc: str = ""
-) -> tuple[float, int, int]:
-    """(total NLL in nats, number of scored tokens, number of windows) of ``ids`` ``(N,)`` under ``model``."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(NLL in nats ``(W,)`` float64, scored tokens ``(W,)`` int64) of each strided window of ``ids`` ``(N,)``.
+
+    Windows score disjoint runs of tokens, so they are the units a bootstrap interval resamples.
+    """
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and max_length > limit:
         raise ValueError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit}")
     device = next(model.parameters()).device
     windows = strided_windows(len(ids), max_length, stride)
-    total, counted = 0.0, 0
+    nll, counted = [], []
     for start in tqdm(range(0, len(windows), batch_size), desc=desc or "perplexity", unit="batch"):
         batch = window_batch(ids, windows[start : start + batch_size], pad_id)
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
         logits = model(**inputs).logits
         shifted = batch["labels"][:, 1:].to(device)
-        total += float(hard_ce(logits[:, :-1], shifted, reduction="sum"))
-        counted += int((shifted != -100).sum())
-    return total, counted, len(windows)
+        nll.append(hard_ce(logits[:, :-1], shifted, reduction="none").double().sum(-1).cpu())
+        counted.append((shifted != -100).sum(-1).cpu())
+    return torch.cat(nll), torch.cat(counted)
+
+
+def strided_nll(
+    model, ids: torch.Tensor, *, max_length: int, stride: int, batch_size: int = 8, pad_id: int = 0, desc: str = ""
+) -> tuple[float, int, int]:
+    """(total NLL in nats, number of scored tokens, number of windows) of ``ids`` ``(N,)`` under ``model``."""
+    nll, counted = window_nll(
+        model, ids, max_length=max_length, stride=stride, batch_size=batch_size, pad_id=pad_id, desc=desc
+    )
+    return float(nll.sum()), int(counted.sum()), len(nll)
+
+
+def perplexity_intervals(nll: torch.Tensor, counted: torch.Tensor, scored_bytes: int) -> dict[str, list[float]]:
+    """95 % bootstrap intervals over windows of perplexity and bits per byte.
+
+    Bits per byte resample NLL per token and scale it by the whole text's tokens per byte (window byte counts are
+    not tracked), so its interval is the perplexity interval in other units.
+    """
+    lo, hi = ratio_interval(nll, counted.double())
+    per_byte = float(counted.sum()) / scored_bytes / math.log(2)
+    return {"perplexity": [math.exp(lo), math.exp(hi)], "bits_per_byte": [lo * per_byte, hi * per_byte]}
 
 
 def perplexity_of(
@@ -137,24 +162,30 @@ def perplexity_of(
     add_bos: bool | None = None,
     max_tokens: int | None = None,
     desc: str = "",
+    windows: dict | None = None,
 ) -> dict:
-    """Perplexity, bits-per-byte and their ingredients (unrounded) for an already loaded model."""
+    """Perplexity, bits-per-byte, their 95 % intervals (``intervals``) and their ingredients (unrounded) for an
+    already loaded model. Pass a dict as ``windows`` to receive the per-window ``nll`` and ``tokens`` tensors."""
     stride = max_length // 2 if stride is None else stride
     ids, scored_bytes = tokenize_for_scoring(tokenizer, text, add_bos=add_bos, max_tokens=max_tokens)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    nll, count, num_windows = strided_nll(
+    nll_w, count_w = window_nll(
         model, ids, max_length=max_length, stride=stride, batch_size=batch_size, pad_id=pad_id, desc=desc
     )
+    nll, count = float(nll_w.sum()), int(count_w.sum())
     if count == 0:
         raise ValueError("no token was scored: the text is a single token long")
+    if windows is not None:
+        windows.update(nll=nll_w, tokens=count_w)
     return {
         "perplexity": math.exp(nll / count),
         "bits_per_byte": nll / math.log(2) / scored_bytes,
+        "intervals": perplexity_intervals(nll_w, count_w, scored_bytes),
         "nll_per_token": nll / count,
         "nll_sum": nll,
         "num_tokens": count,
         "num_bytes": scored_bytes,
-        "num_windows": num_windows,
+        "num_windows": len(nll_w),
         "max_length": max_length,
         "stride": stride,
         "add_bos": bool(add_bos if add_bos is not None else tokenizer.bos_token_id is not None),
@@ -202,8 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         desc=f"perplexity {args.model}",
     )
     result = rnd({"model": args.model, "text": args.text, **result})
+    ci = result["intervals"]
     print(
-        f"perplexity {result['perplexity']}  bits/byte {result['bits_per_byte']}  "
+        f"perplexity {result['perplexity']} {ci['perplexity']}  bits/byte {result['bits_per_byte']} "
+        f"{ci['bits_per_byte']} (95 % bootstrap over windows)  "
         f"({result['num_tokens']} tokens, {result['num_bytes']} bytes, window {result['max_length']}, "
         f"stride {result['stride']}, {result['num_windows']} windows)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+from ..export import match_umask
 from ..tasks import task_of_class_name
 
 # peft's task types for the tasks this package distils (masked LMs have none: peft then wraps the bare model).
@@ -54,4 +55,5 @@ def save_merged(trainer, output_dir: str) -> str:
     merged.save_pretrained(output_dir)
     if trainer.processing_class is not None:
         trainer.processing_class.save_pretrained(output_dir)
+    match_umask(output_dir)  # safetensors writes weights owner-only; give them the folder's usual mode
     return output_dir
