@@ -171,8 +171,9 @@ def _feature_bytes(spec: RunSpec, out, batch: int) -> int:
 def teacher_forward_peak(spec: RunSpec, teacher, batch: int, *, keep_hidden: bool, keep_attentions: bool) -> int:
     """Most bytes alive at once during the teacher's no-grad forward (its outputs included), at full depth.
 
-    Traced with one and two blocks; the difference is what each further block adds (kept hidden states /
-    attention maps when they are asked for), so ``peak(L) = peak(2) + (L - 2) * growth``.
+    A block's working memory is freed before the next block runs; what a block leaves behind until the forward
+    returns (its hidden states and attention maps when asked for, its keys and values when the model keeps a
+    cache) is the difference between traces with one and two blocks: ``peak(L) = peak(1) + (L - 1) * growth``.
     """
     peaks = []
     for layers in (1, 2):
@@ -189,6 +190,5 @@ def teacher_forward_peak(spec: RunSpec, teacher, batch: int, *, keep_hidden: boo
             with torch.no_grad(), LiveBytes() as live:
                 out = model(**inputs, **kwargs)
                 del out
-            peaks.append(live.peak)
-    growth = peaks[1] - peaks[0]
-    return peaks[1] + max(teacher.num_layers - 2, 0) * growth
+        peaks.append(live.peak)
+    return peaks[0] + (teacher.num_layers - 1) * max(peaks[1] - peaks[0], 0)

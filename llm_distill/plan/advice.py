@@ -52,49 +52,52 @@ def problems(spec: RunSpec, strategy: str) -> list[str]:
     return out
 
 
-def _changes(plan: Situation) -> list[tuple[str, RunSpec, str, int, bool]]:
-    """(description, spec, strategy, devices, student side unchanged) for each single change worth planning."""
-    spec, strategy, n = plan.spec, plan.strategy, plan.devices
-    out = []
+def _changes(plan: Situation) -> list[tuple[str, dict, str]]:
+    """(description, the RunSpec fields it changes, strategy) for each single change worth planning. None of
+    them touches the student's side (model, precision, lengths), so the student's traces are reused."""
+    spec, strategy = plan.spec, plan.strategy
+    out: list[tuple[str, dict, str]] = []
     if spec.task == "causal_lm" and not spec.fused and strategy not in SHARDED:
         chunk = auto_chunk_size(min(v for v in [spec.student.vocab] + [t.shape.vocab for t in spec.teachers] if v))
-        out.append((f"fused chunked loss (loss_chunk_size: {chunk})", replace(spec, chunk=chunk), strategy, n, True))
+        out.append((f"fused chunked loss (loss_chunk_size: {chunk})", {"chunk": chunk}, strategy))
     if spec.live_teacher and not (spec.hidden_pairs or spec.attention_pairs):
-        cached = replace(spec, live_teacher=False, teachers=[], store=StoreSpec("topk", SUGGESTED_K, "suggested"))
-        out.append((f"cached teacher (llm-distill cache-logits, cache.k: {SUGGESTED_K})", cached, strategy, n, True))
+        store = StoreSpec("topk", SUGGESTED_K, "suggested")
+        cached = {"live_teacher": False, "teachers": [], "store": store}
+        out.append((f"cached teacher (llm-distill cache-logits, cache.k: {SUGGESTED_K})", cached, strategy))
     if not spec.gradient_checkpointing:
-        out.append(("activation_checkpointing: true", replace(spec, gradient_checkpointing=True), strategy, n, True))
-    if n > 1:
+        out.append(("activation_checkpointing: true", {"gradient_checkpointing": True}, strategy))
+    if plan.devices > 1 and not spec.fused:
         for other in ("fsdp2", "zero3"):
-            if other != strategy and not spec.fused:
-                out.append((f"--strategy {other} over {n} devices", spec, other, n, True))
+            if other != strategy:
+                out.append((f"--strategy {other} over {plan.devices} devices", {}, other))
     return out
 
 
 def suggestions(plan: Situation, footprints: Footprints) -> list[Suggestion]:
-    """Each change alone (with the memory it saves), a smaller batch keeping the global batch, more devices with
-    a sharded strategy, and all memory changes together when no single one fits."""
+    """Each change alone (with the memory it saves), all memory changes together when no single one fits, then
+    when the run does not fit: a smaller batch with the same global batch, and the fewest devices under FSDP2."""
     spec, device, base = plan.spec, plan.device, plan.peak
     out: list[Suggestion] = []
-    combined, combined_fp = spec, footprints
-    for text, changed, strategy, n, same_student in _changes(plan):
-        fp = Footprints(changed, reuse=footprints if same_student else None)
-        peak = peak_at(changed, fp, changed.batch, strategy, n, device)
+    together: dict = {}
+    for text, fields, strategy in _changes(plan):
+        changed = replace(spec, **fields)
+        peak = peak_at(changed, Footprints(changed, reuse=footprints), changed.batch, strategy, plan.devices, device)
         out.append(Suggestion(text, peak, base - peak, peak <= plan.capacity))
         if strategy == plan.strategy and peak < base:
-            combined = replace(
-                combined, chunk=changed.chunk, live_teacher=changed.live_teacher, teachers=changed.teachers,
-                store=changed.store, gradient_checkpointing=changed.gradient_checkpointing,
-            )  # fmt: skip
-    if combined is not spec:
-        combined_fp = Footprints(combined, reuse=footprints)
-        if not any(s.fits for s in out):
-            peak = peak_at(combined, combined_fp, combined.batch, plan.strategy, plan.devices, device)
-            out.append(Suggestion("all of the above together", peak, base - peak, peak <= plan.capacity))
+            together.update(fields)
+    if len(together) > 1 and not any(s.fits for s in out):
+        combined = replace(spec, **together)
+        peak = peak_at(combined, Footprints(combined, reuse=footprints), combined.batch, plan.strategy, plan.devices,
+                       device)  # fmt: skip
+        out.append(Suggestion("all of the above together", peak, base - peak, peak <= plan.capacity))
     if not plan.fits:
         out += _smaller_batch(plan, footprints)
-        if plan.devices == 1 and not combined.fused:
-            out += _more_devices(plan, combined, combined_fp)
+        if plan.devices == 1:
+            # FSDP2 refuses the fused loss: shard the run with every other change that helped.
+            sharded = {k: v for k, v in together.items() if k != "chunk"}
+            spec_n = replace(spec, **sharded) if sharded else spec
+            fp_n = Footprints(spec_n, reuse=footprints) if sharded else footprints
+            out += _more_devices(plan, spec_n, fp_n, bool(sharded))
     return out
 
 
@@ -110,11 +113,17 @@ def _smaller_batch(plan: Situation, footprints: Footprints) -> list[Suggestion]:
     return [Suggestion(text, peak, plan.peak - peak, peak <= plan.capacity)]
 
 
-def _more_devices(plan: Situation, spec: RunSpec, footprints: Footprints) -> list[Suggestion]:
-    """The fewest devices over which FSDP2 makes the run fit (with the memory changes above)."""
+def _more_devices(plan: Situation, spec: RunSpec, footprints: Footprints, changed: bool) -> list[Suggestion]:
+    """The fewest devices over which FSDP2 makes the run fit (with the other memory changes, when ``changed``)."""
+    if spec.fused:
+        spec = replace(spec, chunk=0)
+        footprints = Footprints(spec, reuse=footprints)
+        changed = True
     for n in DEVICE_COUNTS:
         peak = peak_at(spec, footprints, spec.batch, "fsdp2", n, plan.device)
         if peak <= plan.capacity:
-            text = f"--devices {n} --strategy fsdp2" + (" (with the changes above)" if spec is not plan.spec else "")
+            text = f"--devices {n} --strategy fsdp2" + (
+                " (with the changes above but the fused loss)" if changed else ""
+            )
             return [Suggestion(text, peak, plan.peak - peak, True)]
     return []

@@ -47,7 +47,7 @@ def plans(argv: list[str]) -> list[tuple[str, Plan]]:
     out = []
     for name, recipe in stage_recipes(load_recipe(ns.recipe, overrides)):
         spec = run_spec(recipe)
-        device_name = ns.device or ("cpu" if spec.args.use_cpu else DEFAULT_GPU)
+        device_name = ns.device or ("cpu" if recipe.config.get("use_cpu") else DEFAULT_GPU)
         device = get_device(device_name)
         if device_name == "cpu":
             device = cpu_device(None if ns.no_calibrate else calibrate(spec))

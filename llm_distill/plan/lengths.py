@@ -79,7 +79,8 @@ def _sample_lengths(dataset: dict, tokenizer_source: str | None, batch_size: int
             tokenizer.pad_token = tokenizer.eos_token
         train, _ = load_raw(DataConfig.from_dict({**dataset, "eval_size": 0, "eval_path": None, "eval_split": None}))
     except (OSError, ValueError) as err:
-        return fixed(cfg.max_length, None, f"max_length (data not read: {err})")
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return fixed(cfg.max_length, None, f"max_length; data not read: {reason}")
     sample = train.select(range(min(SAMPLE_ROWS, len(train))))
     if cfg.task == "text" and cfg.packing:
         eos = 1 if tokenizer.eos_token_id is not None else 0

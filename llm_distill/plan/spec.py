@@ -179,9 +179,23 @@ def _features(spec: RunSpec, teacher: ModelShape | None, args) -> None:
     spec.projection_params = sum(p.numel() for p in fd.parameters())
 
 
+def planning_args(recipe):
+    """The recipe's ``DistillationConfig``, validated as ``train`` validates it, but built as for a CPU so that a
+    GPU recipe (``bf16: true``, ``fp16: true``) can be planned on a machine without one; the precision is read from
+    the recipe itself (``precision_of``)."""
+    from ..config import DistillationConfig
+
+    return DistillationConfig(**{**recipe.config, "use_cpu": True, "bf16": False, "fp16": False})
+
+
+def precision_of(recipe) -> str:
+    config = recipe.config
+    return "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32"
+
+
 def run_spec(recipe, *, lengths: Lengths | None = None) -> RunSpec:
     """Read a recipe (one stage) into a ``RunSpec``; ``lengths`` skips the data sample (tests, batch searches)."""
-    args = recipe.training_args()
+    args = planning_args(recipe)
     task = task_of(args, recipe.dataset)
     names = _teacher_names(args, recipe)
     live = bool(names) and not args.teacher_logits_path
@@ -196,7 +210,7 @@ def run_spec(recipe, *, lengths: Lengths | None = None) -> RunSpec:
         )
     notes: list[str] = []
     student, student_attn = _student(recipe, args, task, teachers[0].shape.config if teachers else None)
-    precision = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    precision = precision_of(recipe)
     autocast = precision != "fp32" and student.dtype == torch.float32
     if precision == "fp32" and student.dtype in (torch.bfloat16, torch.float16):
         precision = "bf16" if student.dtype == torch.bfloat16 else "fp16"
