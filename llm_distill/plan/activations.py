@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .models import block_list, meta_model
+from ..features import FeatureDistiller, prepare_for_feature_distillation
+from .models import block_list, default_dtype, meta_model, shallow_config, wrap_lora
 from .spec import RunSpec
 from .trace import LiveBytes, SavedBytes, fake_mode, to_fake
 
@@ -40,25 +41,6 @@ class Activations:
         return self.rest + self.features + self.layers * self.per_layer
 
 
-def _shallow(config, layers: int):
-    from ..student import shrink_config
-
-    small = shrink_config(config, num_layers=min(layers, int(config.num_hidden_layers)))
-    small._attn_implementation = config._attn_implementation
-    return small
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    """Build a model with weights in ``dtype`` (``.to(dtype)`` cannot swap fake parameters)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _autocast(spec: RunSpec):
     if spec.autocast:
         return torch.autocast("cpu", dtype=spec.compute_dtype)
@@ -68,8 +50,6 @@ def _autocast(spec: RunSpec):
 def _lora(model, spec: RunSpec):
     if not spec.student_lora:
         return model
-    from .models import wrap_lora
-
     return wrap_lora(model, spec.student_lora)
 
 
@@ -83,12 +63,15 @@ def _inputs(spec: RunSpec, batch: int, seq: int) -> dict:
 def student_activations(spec: RunSpec, batch: int) -> Activations:
     """Trace the student's forward (the call the trainer makes) at ``batch`` rows of ``spec.seq`` tokens."""
     shape = spec.student
-    config = _shallow(shape.config, TRACE_LAYERS)
+    config = shallow_config(shape.config, TRACE_LAYERS)
     config._attn_implementation = spec.student_attn
-    with _default_dtype(shape.dtype):
+    with default_dtype(shape.dtype):
         model = _lora(meta_model(config, shape.model_class), spec)
     with fake_mode():
         model = to_fake(model).train()
+        if spec.attention_pairs:
+            # As the trainer does: attention-probability dropout off (the maps are targets), eager attention.
+            prepare_for_feature_distillation(model, attentions=True)
         blocks = block_list(model.get_base_model() if hasattr(model, "get_base_model") else model)
         labels = {f"block{i}": b for i, b in enumerate(blocks)}
         inputs = _inputs(spec, batch, spec.seq)
@@ -134,8 +117,6 @@ def _first_tensor_bytes(args, kwargs) -> int:
 
 def _feature_bytes(spec: RunSpec, out, batch: int) -> int:
     """Saved bytes of the feature terms (projections and losses) for the run's layer maps, at full depth."""
-    from ..features import FeatureDistiller
-
     teacher = spec.teachers[0].shape if spec.teachers else None
     if teacher is None:
         return 0
@@ -177,9 +158,9 @@ def teacher_forward_peak(spec: RunSpec, teacher, batch: int, *, keep_hidden: boo
     """
     peaks = []
     for layers in (1, 2):
-        config = _shallow(teacher.config, layers)
+        config = shallow_config(teacher.config, layers)
         config._attn_implementation = spec.teachers[0].attn if spec.teachers else config._attn_implementation
-        with _default_dtype(teacher.dtype):
+        with default_dtype(teacher.dtype):
             model = meta_model(config, teacher.model_class)
         with fake_mode():
             model = to_fake(model).eval()

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from ..recipes import load_recipe, stage_recipes
 from .devices import DEFAULT_GPU, DEVICE_NAMES, calibrate, cpu_device, get_device, parse_memory
 from .planner import Plan, make_plan
 from .report import render, to_dict
@@ -39,14 +40,14 @@ def parser() -> argparse.ArgumentParser:
 
 def plans(argv: list[str]) -> list[tuple[str, Plan]]:
     """One plan per stage of the recipe (a recipe without stages is one stage)."""
-    from ..recipes import load_recipe, stage_recipes
-
     ns, overrides = parser().parse_known_args(argv)
     if ns.devices < 1:
         raise ValueError(f"--devices {ns.devices} is not accepted; it must be >= 1")
     out = []
+    previous = None
     for name, recipe in stage_recipes(load_recipe(ns.recipe, overrides)):
-        spec = run_spec(recipe)
+        spec = run_spec(recipe, previous_stage=previous)
+        previous = spec.student
         device_name = ns.device or ("cpu" if recipe.config.get("use_cpu") else DEFAULT_GPU)
         device = get_device(device_name)
         if device_name == "cpu":

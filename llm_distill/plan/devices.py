@@ -14,6 +14,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from ..losses import divergence, fused_distillation_loss
+from .flops import forward_flops_per_token
+from .models import default_dtype, shallow_config
+
 GiB = 1 << 30
 MiB = 1 << 20
 UTILISATION = 0.40
@@ -122,13 +126,11 @@ def _block_seconds(shape, attn: str | None, rows: int, seq: int, *, train: bool,
     one-block model's, so embeddings and final norm cancel out. Random weights; nothing is read."""
     import torch
 
-    from .activations import _default_dtype, _shallow
-
     seconds = []
     for layers in (1, 2):
-        config = _shallow(shape.config, layers)
+        config = shallow_config(shape.config, layers)
         config._attn_implementation = attn
-        with _default_dtype(shape.dtype):
+        with default_dtype(shape.dtype):
             model = shape.model_class(config)
         base = model.base_model
         base.train(train)
@@ -148,9 +150,6 @@ def calibrate(spec, max_tokens: int = 256, max_block_params: int = 60_000_000) -
     updated per second by the run's AdamW.
     """
     import torch
-
-    from ..losses import divergence, fused_distillation_loss
-    from .flops import forward_flops_per_token
 
     s = spec.student
     causal = spec.task == "causal_lm"

@@ -10,6 +10,8 @@ import contextlib
 import random
 from dataclasses import dataclass
 
+from ..data import TOKENIZERS, DataConfig, load_raw
+
 SAMPLE_ROWS = 256
 BATCH_DRAWS = 200
 
@@ -66,8 +68,6 @@ def _sample_lengths(dataset: dict, tokenizer_source: str | None, batch_size: int
     When the data or the tokenizer cannot be read (e.g. a hub dataset offline), every row is taken to be
     ``max_length`` long and the source says why.
     """
-    from ..data import TOKENIZERS, DataConfig, load_raw
-
     cfg = DataConfig.from_dict(dataset)
     try:
         from transformers import AutoTokenizer

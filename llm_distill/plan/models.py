@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..student import apply_lora, shrink_config
 
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BLOCK_LIST_NAMES = ("layer", "layers", "h", "block")
@@ -109,6 +112,22 @@ def describe(model: nn.Module, dtype: torch.dtype, lora: dict | None = None) -> 
 
 def wrap_lora(model: nn.Module, lora: dict) -> nn.Module:
     """The model wrapped in peft LoRA as ``student.apply_lora`` wraps it (same defaults), e.g. on the meta device."""
-    from ..student import apply_lora
-
     return apply_lora(model, **{k: v for k, v in lora.items() if k != "merge"})
+
+
+def shallow_config(config, layers: int):
+    """``config`` with only ``layers`` blocks (widths, per-layer entries and attention implementation kept)."""
+    small = shrink_config(config, num_layers=min(layers, int(config.num_hidden_layers)))
+    small._attn_implementation = config._attn_implementation
+    return small
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Build a model with weights in ``dtype`` (fake parameters cannot be cast with ``.to`` afterwards)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

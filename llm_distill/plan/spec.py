@@ -7,10 +7,17 @@ generation, several teachers) are read with defaults, so a plan works before and
 
 from __future__ import annotations
 
+import copy
+import os
 from dataclasses import dataclass, field
 
 import torch
+from transformers import AutoConfig
 
+from ..config import DistillationConfig
+from ..features import FeatureDistiller
+from ..student import shrink_config
+from ..tasks import AUTO_CLASSES
 from .lengths import Lengths, sample_lengths
 from .models import ModelShape, checkpoint_dtype, describe, dtype_of, meta_model
 
@@ -88,21 +95,12 @@ def task_of(args, dataset: dict) -> str:
     return "sequence_classification" if dataset.get("task", "text") == "classification" else "causal_lm"
 
 
-def _auto_class(task: str):
-    from ..tasks import AUTO_CLASSES
-
-    return AUTO_CLASSES[task]
-
-
 def _model_class(config, task: str) -> type:
-    auto = _auto_class(task)
-    with torch.device("meta"):
-        return type(auto.from_config(config))
+    """The class ``load_model`` would instantiate for this config and task (the Auto class's mapping)."""
+    return AUTO_CLASSES[task]._model_mapping[type(config)]
 
 
-def _config(name: str, task: str, **kwargs):
-    from transformers import AutoConfig
-
+def _config(name: str, **kwargs):
     return AutoConfig.from_pretrained(name, **kwargs)
 
 
@@ -114,19 +112,17 @@ def _teacher_names(args, recipe) -> list[str]:
     return [args.teacher_model_name_or_path] if args.teacher_model_name_or_path else []
 
 
-def _student(recipe, args, task: str, teacher_config):
+def _student(recipe, args, task: str, teacher_config, previous_stage=None):
     spec = dict(recipe.student)
     lora = spec.get("peft")
     attn = spec.get("attn_implementation") or ("eager" if args.attention_weight > 0 else None)
     extra = {"num_labels": spec["num_labels"]} if spec.get("num_labels") is not None else {}
     if spec.get("from_teacher") is not None:
-        from ..student import shrink_config
-
         shape = dict(spec["from_teacher"])
         init_from = shape.pop("init_from", None)
         shape.pop("layer_init", None)
         if init_from:
-            source = _config(init_from, task, **extra)
+            source = _config(init_from, **extra)
         elif teacher_config is not None:
             source = teacher_config
         else:
@@ -137,7 +133,11 @@ def _student(recipe, args, task: str, teacher_config):
         dtype = torch.float32  # student_from_teacher builds an fp32 student whatever the teacher's dtype
         attn = attn or getattr(source, "_attn_implementation", None)
     elif spec.get("model_name_or_path"):
-        config = _config(spec["model_name_or_path"], task, **extra)
+        path = spec["model_name_or_path"]
+        if previous_stage is not None and not os.path.exists(path):
+            config = copy.deepcopy(previous_stage.config)  # a later stage starts from the student the last one saves
+        else:
+            config = _config(path, **extra)
         want = spec.get("dtype", "auto")
         dtype = checkpoint_dtype(config) if want == "auto" else dtype_of(want)
     else:
@@ -161,8 +161,6 @@ def _store(recipe, args) -> StoreSpec:
 def _features(spec: RunSpec, teacher: ModelShape | None, args) -> None:
     if not (args.hidden_weight > 0 or args.attention_weight > 0) or teacher is None:
         return
-    from ..features import FeatureDistiller
-
     attention_map = args.layer_map
     if isinstance(attention_map, list):
         attention_map = [pair for pair in attention_map if 0 not in pair]  # embeddings have no attention map
@@ -183,8 +181,6 @@ def planning_args(recipe):
     """The recipe's ``DistillationConfig``, validated as ``train`` validates it, but built as for a CPU so that a
     GPU recipe (``bf16: true``, ``fp16: true``) can be planned on a machine without one; the precision is read from
     the recipe itself (``precision_of``)."""
-    from ..config import DistillationConfig
-
     return DistillationConfig(**{**recipe.config, "use_cpu": True, "bf16": False, "fp16": False})
 
 
@@ -193,8 +189,9 @@ def precision_of(recipe) -> str:
     return "bf16" if config.get("bf16") else "fp16" if config.get("fp16") else "fp32"
 
 
-def run_spec(recipe, *, lengths: Lengths | None = None) -> RunSpec:
-    """Read a recipe (one stage) into a ``RunSpec``; ``lengths`` skips the data sample (tests, batch searches)."""
+def run_spec(recipe, *, lengths: Lengths | None = None, previous_stage: ModelShape | None = None) -> RunSpec:
+    """Read a recipe (one stage) into a ``RunSpec``; ``lengths`` skips the data sample (tests, batch searches);
+    ``previous_stage``: the student of the stage before, which this stage loads once that stage has saved it."""
     args = planning_args(recipe)
     task = task_of(args, recipe.dataset)
     names = _teacher_names(args, recipe)
@@ -202,19 +199,22 @@ def run_spec(recipe, *, lengths: Lengths | None = None) -> RunSpec:
     attn_teacher = "eager" if args.attention_weight > 0 else "sdpa"
     teachers = []
     for name in names:
-        config = _config(name, task)
+        config = _config(name)
         dtype = checkpoint_dtype(config) if args.teacher_dtype == "auto" else dtype_of(args.teacher_dtype)
         config._attn_implementation = attn_teacher
         teachers.append(
             TeacherSpec(name, describe(meta_model(config, _model_class(config, task)), dtype), attn_teacher)
         )
     notes: list[str] = []
-    student, student_attn = _student(recipe, args, task, teachers[0].shape.config if teachers else None)
+    teacher_config = teachers[0].shape.config if teachers else None
+    student, student_attn = _student(recipe, args, task, teacher_config, previous_stage)
     precision = precision_of(recipe)
     autocast = precision != "fp32" and student.dtype == torch.float32
     if precision == "fp32" and student.dtype in (torch.bfloat16, torch.float16):
         precision = "bf16" if student.dtype == torch.bfloat16 else "fp16"
     source = recipe.student.get("model_name_or_path") or (recipe.student.get("from_teacher") or {}).get("init_from")
+    if source and previous_stage is not None and not os.path.exists(source):
+        source = None  # the previous stage's output, not written yet: the teacher's tokenizer is the same one
     source = source or (names[0] if names else None)
     batch = int(args.per_device_train_batch_size)
     if lengths is None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from ..logit_terms import dense_logit_terms
+from ..losses import SparseTargets
 from ..losses.fused_loop import block_rows
+from ..teacher import TeacherOutputs
 from .spec import RunSpec
 from .trace import LiveBytes, fake_mode
 
@@ -63,10 +66,6 @@ def teacher_logits_bytes(spec: RunSpec, batch: int) -> int:
 
 def naive_loss_peak(spec: RunSpec, batch: int) -> int:
     """Peak bytes of the logit loss on materialised logits, from the lm_head's matmul to the gradients it returns."""
-    from ..logit_terms import dense_logit_terms
-    from ..losses import SparseTargets
-    from ..teacher import TeacherOutputs
-
     args = spec.args
     dtype = spec.compute_dtype
     classes = spec.student.num_labels or 2 if spec.task == "sequence_classification" else spec.student.vocab
