@@ -29,7 +29,7 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback
 
 from llm_distill import DistillationTrainer
-from llm_distill.data import DataConfig, build_datasets
+from llm_distill.data import DataConfig, DistillationCollator, build_datasets
 from llm_distill.recipes import load_recipe
 from llm_distill.student import apply_lora, student_from_teacher
 from llm_distill.tasks import load_model
@@ -67,6 +67,19 @@ class PeakCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self.step_seconds.append(time.perf_counter() - self._start)
         self.peaks_kb.append(status_kb("VmHWM"))
+
+
+class LengthRecorder:
+    """The trainer's collator, noting the (rows, padded length) of every batch it makes."""
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.shapes: list[list[int]] = []
+
+    def __call__(self, rows):
+        batch = self.collator(rows)
+        self.shapes.append(list(batch["input_ids"].shape))
+        return batch
 
 
 def task_of(args, recipe) -> str:
@@ -119,11 +132,13 @@ def main(argv: list[str]) -> int:
     if not live:
         teacher = None
     callback = PeakCallback()
+    collator = LengthRecorder(DistillationCollator(tokenizer))
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=args,
         train_dataset=train_ds,
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=[callback],
     )
@@ -135,6 +150,7 @@ def main(argv: list[str]) -> int:
         "measured_mb": (max(callback.peaks_kb) - baseline_kb) / 1024,
         "peak_after_step_mb": [(p - baseline_kb) / 1024 for p in callback.peaks_kb],
         "step_seconds": callback.step_seconds,
+        "batch_shapes": collator.shapes,
     }
     with open(ns.out, "w") as fh:
         json.dump(result, fh, indent=2)

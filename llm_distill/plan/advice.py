@@ -109,7 +109,10 @@ def _smaller_batch(plan: Situation, footprints: Footprints) -> list[Suggestion]:
     accum = math.ceil(spec.batch * spec.grad_accum / b)
     smaller = replace(spec, batch=b, grad_accum=accum)
     peak = peak_at(smaller, footprints, b, plan.strategy, plan.devices, plan.device)
-    text = f"per_device_train_batch_size: {b}, gradient_accumulation_steps: {accum} (same global batch)"
+    text = (
+        f"per_device_train_batch_size: {b}, gradient_accumulation_steps: {accum} "
+        f"(global batch {b * accum} for {spec.batch * spec.grad_accum})"
+    )
     return [Suggestion(text, peak, plan.peak - peak, peak <= plan.capacity)]
 
 

@@ -14,6 +14,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from ..losses import divergence, fused_distillation_loss
 from .flops import forward_flops_per_token
 from .models import default_dtype, shallow_config
@@ -26,7 +28,7 @@ GPU_RUNTIME_BYTES = 1 * GiB
 # What a training process on this machine's CPU holds beyond its tensors once a step has run (kernels and libraries
 # paged in, thread pools, Python and Trainer objects), measured by `benchmarks/plan_memory.py` as the resident
 # memory of a step of a model whose tensors are negligible (see the README, "Will it fit?").
-CPU_RUNTIME_BYTES = 160 * MiB
+CPU_RUNTIME_BYTES = 24 * MiB
 
 
 @dataclass
@@ -102,8 +104,10 @@ def get_device(name: str) -> Device:
     return DEVICES[name]
 
 
-def _timed(fn, repeats: int = 1) -> float:
-    fn()  # warm-up: first calls pay for kernel selection and page faults
+def _timed(fn, repeats: int = 3) -> float:
+    """Best of ``repeats`` wall times after one warm-up call (kernel selection, page faults): the machine is
+    shared, and the fastest run is the one least disturbed."""
+    fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -113,21 +117,17 @@ def _timed(fn, repeats: int = 1) -> float:
 
 
 def _run_base(base, ids, train: bool, amp) -> None:
-    import torch
-
     with torch.set_grad_enabled(train), amp:
         out = base(input_ids=ids).last_hidden_state
     if train:
         out.float().sum().backward()
 
 
-def _block_seconds(shape, attn: str | None, rows: int, seq: int, *, train: bool, amp) -> float:
-    """Seconds of one transformer block (forward, + backward when ``train``): a two-block model's time minus a
-    one-block model's, so embeddings and final norm cancel out. Random weights; nothing is read."""
-    import torch
-
+def _depth_seconds(shape, attn: str | None, rows: int, seq: int, depths: tuple[int, int], *, train: bool, amp):
+    """Seconds of the model's body (embeddings to final norm; forward, + backward when ``train``) built with each
+    of ``depths`` blocks: random weights at the real widths, nothing read."""
     seconds = []
-    for layers in (1, 2):
+    for layers in depths:
         config = shallow_config(shape.config, layers)
         config._attn_implementation = attn
         with default_dtype(shape.dtype):
@@ -137,35 +137,45 @@ def _block_seconds(shape, attn: str | None, rows: int, seq: int, *, train: bool,
         base.requires_grad_(train)
         ids = torch.zeros(rows, seq, dtype=torch.long)
         seconds.append(_timed(functools.partial(_run_base, base, ids, train, amp)))
-    # Two noisy timings: never let their difference fall below a quarter of one block's share.
-    return max(seconds[1] - seconds[0], seconds[1] / 8)
+        del model, base
+    return seconds
 
 
-def calibrate(spec, max_tokens: int = 256, max_block_params: int = 60_000_000) -> dict[str, float]:
-    """Measured throughput on this CPU of the run's own parts, at its widths and (capped) lengths.
+def _blocks(shape, attn, rows: int, seq: int, causal: bool, *, train: bool, amp, max_params: int) -> tuple:
+    """(flop/s of one block, seconds of everything else in the body) from a 1-block and a deeper build: the
+    difference of the two is (depth - 1) blocks, the rest (embeddings, their gradient, final norm, per-call
+    overhead) is what the 1-block build spends beyond one block."""
+    deep = max(2, min(shape.num_layers, max_params // max(shape.block_params, 1)))
+    t1, t2 = _depth_seconds(shape, attn, rows, seq, (1, deep), train=train, amp=amp)
+    block = max(t2 - t1, t2 * 0.05) / (deep - 1)
+    one = dataclasses.replace(shape, num_layers=1, matmul_params=shape.block_params)
+    flops = forward_flops_per_token(one, seq, causal) * rows * seq * (3 if train else 1)
+    return flops / block, max(t1 - block, 0.0)
 
-    ``student``: flop/s of one student block forward + backward; ``teacher``: of one teacher block forward (the
-    student's rate stands in for a teacher block of more than ``max_block_params``); ``head``: of the logit loss
-    over the real vocabulary (fused or materialised, as the run does it); ``optimizer``: trainable parameters
-    updated per second by the run's AdamW.
+
+def calibrate(spec, max_tokens: int = 2048, max_params: int = 400_000_000) -> dict[str, float]:
+    """Measured on this CPU, at the run's widths and batch shape (at most ``max_tokens`` tokens):
+
+    - ``student`` / ``teacher``: flop/s of one block (forward + backward / forward only);
+    - ``student_rest`` / ``teacher_rest``: seconds per micro-batch of the rest of the body;
+    - ``head``: flop/s of the logit loss over the real vocabulary (fused or materialised, as the run does it);
+    - ``optimizer``: trainable parameters per second through gradient clipping and the run's AdamW.
+    Models are built with random weights (nothing is read) up to ``max_params`` parameters of blocks.
     """
-    import torch
-
     s = spec.student
     causal = spec.task == "causal_lm"
-    seq = max(2, min(int(spec.lengths.mean_padded), max_tokens))
+    seq = max(2, min(int(round(spec.lengths.mean_padded)), max_tokens))
     rows = max(1, min(spec.batch, max_tokens // seq))
     amp = torch.autocast("cpu", dtype=spec.compute_dtype, enabled=spec.autocast)
-
-    def block_flops(shape) -> float:
-        one = dataclasses.replace(shape, num_layers=1, matmul_params=shape.block_params)
-        return forward_flops_per_token(one, seq, causal) * rows * seq
-
-    rates = {"student": 3 * block_flops(s) / _block_seconds(s, spec.student_attn, rows, seq, train=True, amp=amp)}
+    rates: dict[str, float] = {"tokens": float(rows * seq)}
+    rates["student"], rates["student_rest"] = _blocks(
+        s, spec.student_attn, rows, seq, causal, train=True, amp=amp, max_params=max_params
+    )
     if spec.teachers:
         t = spec.teachers[0]
-        if t.shape.block_params <= max_block_params:
-            rates["teacher"] = block_flops(t.shape) / _block_seconds(t.shape, t.attn, rows, seq, train=False, amp=amp)
+        rates["teacher"], rates["teacher_rest"] = _blocks(
+            t.shape, t.attn, rows, seq, causal, train=False, amp=amp, max_params=max_params
+        )
     if s.vocab and spec.task != "sequence_classification":
         n, v, h = rows * seq, s.vocab, s.hidden
         hidden = torch.randn(n, h, dtype=s.dtype, requires_grad=True)
@@ -180,10 +190,16 @@ def calibrate(spec, max_tokens: int = 256, max_block_params: int = 60_000_000) -
                     logits = hidden @ weight.t()
                 kd = divergence(logits, target, reduction="sum")
             kd.backward()
+            hidden.grad = weight.grad = None
 
         rates["head"] = 6 * h * v * n / _timed(head_step)
     param = torch.nn.Parameter(torch.zeros(1 << 22, dtype=s.dtype))
-    param.grad = torch.zeros_like(param)
     optimizer = torch.optim.AdamW([param], fused=True)
-    rates["optimizer"] = param.numel() / _timed(optimizer.step)
+
+    def optimizer_step():
+        param.grad = torch.ones_like(param)
+        torch.nn.utils.clip_grad_norm_([param], 1.0)
+        optimizer.step()
+
+    rates["optimizer"] = param.numel() / _timed(optimizer_step)
     return rates

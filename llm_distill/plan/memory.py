@@ -123,13 +123,16 @@ def _feature_targets(spec: RunSpec, batch: int) -> int:
 
 
 def _kv_cache(spec: RunSpec, batch: int) -> tuple[int, int]:
-    """(KV cache bytes, sampling bytes) of the student generating ``max_new_tokens`` per prompt."""
-    cfg = spec.student.config
+    """(KV cache bytes, sampling bytes) of the model that generates ``max_new_tokens`` per prompt: the student
+    (on-policy), or the teacher for sequence-level KD (``seq_kd``)."""
+    generator = spec.teachers[0].shape if (spec.onpolicy.seq_kd and spec.teachers) else spec.student
+    cfg = generator.config
     heads = int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-    b = spec.compute_dtype.itemsize
-    kv = 2 * spec.student.num_layers * heads * head_dim * batch * spec.seq * b
-    sampling = batch * (spec.student.vocab or 0) * 4 * 2 + batch * spec.seq * 8  # fp32 logits + probs; ids
+    b = spec.compute_dtype.itemsize if generator is spec.student else generator.dtype.itemsize
+    # Keys and values of every layer for the prompt and every generated token.
+    kv = 2 * generator.num_layers * heads * head_dim * batch * spec.seq * b
+    sampling = batch * (generator.vocab or 0) * 4 * 2 + batch * spec.seq * 8  # fp32 logits + probs; int64 ids
     return kv, sampling
 
 

@@ -50,11 +50,16 @@ def total_steps(spec: RunSpec, devices: int) -> int | None:
 
 
 def step_seconds(flops: StepFlops, spec: RunSpec, device: Device) -> float | None:
+    """Seconds per optimizer step: flops over the device's throughput; on the CPU, over the rates measured for each
+    part (plus the measured per-micro-batch rest of each model's body, scaled with its tokens, and the optimizer)."""
     if device.rates:
         r = device.rates
         student = r["student"]
         seconds = (flops.student_blocks + flops.recompute + flops.generation) / student
         seconds += flops.teacher / r.get("teacher", student) + flops.student_head / r.get("head", student)
+        share = flops.tokens / (r["tokens"] * spec.grad_accum)  # micro-batch tokens relative to the calibration's
+        rest = r.get("student_rest", 0.0) + (r.get("teacher_rest", 0.0) if spec.teachers else 0.0)
+        seconds += spec.grad_accum * share * rest
         return seconds + (spec.student.trainable + spec.projection_params) / r["optimizer"]
     peak = device.peak.get(spec.precision)
     if not peak:

@@ -97,10 +97,11 @@ def _time(plan: Plan) -> list[str]:
     lines = [f"flops per optimizer step per device (TFLOP): {text}; total {f.total / 1e12:.3g}"]
     device = plan.device
     if device.rates:
-        rates = ", ".join(
-            f"{k} {v / 1e6:.0f} M params/s" if k == "optimizer" else f"{k} {v / 1e9:.1f} GFLOP/s"
-            for k, v in device.rates.items()
-        )
+        r = device.rates
+        parts = [f"{k} block {r[k] / 1e9:.1f} GFLOP/s" for k in ("student", "teacher") if k in r]
+        parts += [f"loss {r['head'] / 1e9:.1f} GFLOP/s"] if "head" in r else []
+        parts += [f"optimizer {r['optimizer'] / 1e6:.0f} M params/s"]
+        rates = ", ".join(parts)
         how = f"measured on this CPU: {rates}"
     elif plan.step_seconds is not None:
         peak = device.peak[plan.spec.precision]

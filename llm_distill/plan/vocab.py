@@ -68,7 +68,7 @@ def naive_loss_peak(spec: RunSpec, batch: int) -> int:
     """Peak bytes of the logit loss on materialised logits, from the lm_head's matmul to the gradients it returns."""
     args = spec.args
     dtype = spec.compute_dtype
-    classes = spec.student.num_labels or 2 if spec.task == "sequence_classification" else spec.student.vocab
+    classes = (spec.student.num_labels or 2) if spec.task == "sequence_classification" else spec.student.vocab
     lead = (batch,) if spec.task == "sequence_classification" else (batch, spec.seq)
     width = spec.student.hidden
     head_trainable = not spec.student_lora or spec.task == "sequence_classification"
