@@ -156,7 +156,7 @@ def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _student_items(out: _Items, spec: RunSpec, fp: Footprint, strategy: str, devices: int) -> None:
+def _student_items(out: _Items, spec: RunSpec, fp: Footprint, strategy: str, devices: int) -> list[str]:
     s = spec.student
     trainable = s.trainable + spec.projection_params
     optim = getattr(spec.args.optim, "value", str(spec.args.optim))
@@ -181,6 +181,7 @@ def _student_items(out: _Items, spec: RunSpec, fp: Footprint, strategy: str, dev
         out.add("embedding gradient (tied lm_head)", "student", {"optimizer": s.head_params * s.dtype.itemsize})
     if strategy in ("single", "ddp"):  # FSDP2 / DeepSpeed gather 16-bit parameters instead of autocast copies
         out.add("16-bit weight copies (autocast)", "student", {"loss": fp.activations.weight_copies})
+    return state.notes[1:]
 
 
 def _teacher_items(out: _Items, spec: RunSpec, fp: Footprint, batch: int, strategy: str, devices: int) -> None:
@@ -223,7 +224,7 @@ def memory_plan(
     """Every item in every moment of a step of ``batch`` rows per device (``fp``: the traces at that batch)."""
     phases = (["generation"] if spec.onpolicy else []) + (["teacher fwd"] if spec.live_teacher else [])
     out = _Items(phases + ["loss", "optimizer"])
-    _student_items(out, spec, fp, strategy, devices)
+    notes = _student_items(out, spec, fp, strategy, devices)
     _teacher_items(out, spec, fp, batch, strategy, devices)
     _activation_items(out, spec, fp)
     if spec.onpolicy:
@@ -232,7 +233,7 @@ def memory_plan(
         out.add("KV cache (generation)", "generation", {"generation": kv}, note)
         out.add("sampling logits and generated ids", "generation", {"generation": sampling})
     out.everywhere("runtime", "runtime", runtime[0], runtime[1])
-    return MemoryPlan(out.items, out.phases, batch)
+    return MemoryPlan(out.items, out.phases, batch, notes)
 
 
 def _tied(shape) -> bool:

@@ -62,7 +62,7 @@ def _memory_table(plan: Plan) -> list[str]:
         cells = "".join((fmt_bytes(item.at(p)) if item.at(p) else "-").rjust(COLUMN) for p in mem.phases)
         lines.append(f"  {item.name}".ljust(NAME_WIDTH) + cells + (f"   {item.note}" if item.note else ""))
     lines.append("  total".ljust(NAME_WIDTH) + "".join(fmt_bytes(mem.total(p)).rjust(COLUMN) for p in mem.phases))
-    return lines
+    return lines + [f"  ({note})" for note in mem.notes]
 
 
 def _verdict(plan: Plan) -> list[str]:

@@ -71,7 +71,6 @@ class RunSpec:
     attention_pairs: list[tuple[int, int]] = field(default_factory=list)
     projection_params: int = 0
     onpolicy: OnPolicy | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def fused(self) -> bool:
@@ -147,7 +146,7 @@ def _student(recipe, args, task: str, teacher_config, previous_stage=None):
     return describe(meta_model(config, cls), dtype, lora=lora), config._attn_implementation
 
 
-def _store(recipe, args) -> StoreSpec:
+def _store(recipe) -> StoreSpec:
     cache = recipe.cache or {}
     mode = cache.get("mode", "topk")
     if mode == "sampled":
@@ -205,7 +204,6 @@ def run_spec(recipe, *, lengths: Lengths | None = None, previous_stage: ModelSha
         teachers.append(
             TeacherSpec(name, describe(meta_model(config, _model_class(config, task)), dtype), attn_teacher)
         )
-    notes: list[str] = []
     teacher_config = teachers[0].shape.config if teachers else None
     student, student_attn = _student(recipe, args, task, teacher_config, previous_stage)
     precision = precision_of(recipe)
@@ -234,7 +232,7 @@ def run_spec(recipe, *, lengths: Lengths | None = None, previous_stage: ModelSha
         student_lora=recipe.student.get("peft") or None,
         teachers=teachers if live else [],
         live_teacher=live,
-        store=_store(recipe, args) if args.teacher_logits_path else None,
+        store=_store(recipe) if args.teacher_logits_path else None,
         lengths=lengths,
         batch=batch,
         grad_accum=int(args.gradient_accumulation_steps),
@@ -243,7 +241,6 @@ def run_spec(recipe, *, lengths: Lengths | None = None, previous_stage: ModelSha
         gradient_checkpointing=bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
         chunk=int(args.loss_chunk_size),
         onpolicy=onpolicy,
-        notes=notes,
     )
     _features(spec, teachers[0].shape if teachers else None, args)
     return spec

@@ -95,6 +95,8 @@ def naive_loss_peak(spec: RunSpec, batch: int) -> int:
         kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
         with LiveBytes() as live:
             logits = torch.nn.functional.linear(hidden, weight)
+            if spec.autocast:
+                logits = logits.float()  # accelerate returns the autocast student's outputs in fp32
             kd_sum, ce_sum, _ = dense_logit_terms(
                 logits,
                 teacher,
