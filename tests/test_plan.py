@@ -266,6 +266,7 @@ def test_plan_never_loads_weights(tmp_path, llama_teacher, text_file, monkeypatc
     with contextlib.redirect_stdout(out):
         assert main(["plan", path, "--device", "a100-80gb", "--devices", "2", "--strategy", "fsdp2"]) == 0
     assert "memory per device" in out.getvalue()
+    assert "problem: loss_chunk_size=8 is refused under fsdp2" in out.getvalue()  # what train would refuse
 
 
 def test_plan_and_train_dry_run_print_the_same_table(tmp_path, llama_teacher, text_file):
