@@ -171,17 +171,18 @@ def test_fake_traces_equal_the_same_code_on_real_tensors(tmp_path, llama_teacher
     """The plan measures on fake tensors; the same meter on real tensors must see the same bytes."""
     spec = spec_of(recipe(tmp_path, llama_teacher, text_file))
     fake = naive_loss_peak(spec, 2)
-    from llm_distill.logit_terms import dense_logit_terms
-    from llm_distill.teacher import TeacherOutputs
+    from llm_distill.losses.terms import dense_logit_terms
 
     hidden = torch.randn(2, 32, 64, requires_grad=True)
     weight = torch.randn(101, 64, requires_grad=True)
-    teacher = TeacherOutputs(logits=torch.randn(2, 32, 101))
+    teacher_logits = torch.randn(2, 32, 101)
     mask, labels = torch.ones(2, 32, dtype=torch.bool), torch.zeros(2, 32, dtype=torch.long)
+    kd_args = dict(kind="forward_kl", temperature=1.0, beta=0.5, scale_by_t2=True)
     with LiveBytes() as live:
         logits = torch.nn.functional.linear(hidden, weight)
-        kd, ce, _ = dense_logit_terms(logits, teacher, mask, labels, kd=dict(kind="forward_kl", temperature=1.0,
-                                      beta=0.5, scale_by_t2=True), vocab_size=None, want_ce=False)  # fmt: skip
+        kd, ce, _ = dense_logit_terms(
+            logits, teacher_logits=teacher_logits, mask=mask, labels=labels, kd=kd_args, vocab_size=None, want_ce=False
+        )
         del logits
         kd.backward()
     assert live.peak == fake
@@ -233,7 +234,8 @@ def test_kv_cache_for_on_policy_steps(tmp_path, llama_teacher, text_file):
 
 
 def test_a_run_that_cannot_fit_says_so_and_gets_a_change_that_fits(tmp_path, llama_teacher, text_file):
-    spec = spec_of(recipe(tmp_path, llama_teacher, text_file, per_device_train_batch_size=64))
+    # Materialised logits (loss_chunk_size 0), so that the fused loss is among the changes suggested.
+    spec = spec_of(recipe(tmp_path, llama_teacher, text_file, per_device_train_batch_size=64, loss_chunk_size=0))
     device = replace(H100, runtime=0)
     capacity = make_plan(spec, device, advise=False).memory.peak // 2
     plan = make_plan(spec, device, capacity=capacity)

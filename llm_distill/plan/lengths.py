@@ -10,7 +10,8 @@ import contextlib
 import random
 from dataclasses import dataclass
 
-from ..data import TOKENIZERS, DataConfig, load_raw
+from ..data import DataConfig, load_raw
+from ..data.encode import ENCODERS
 
 SAMPLE_ROWS = 256
 BATCH_DRAWS = 200
@@ -89,6 +90,6 @@ def _sample_lengths(dataset: dict, tokenizer_source: str | None, batch_size: int
         ]
         blocks = int(len(train) * (sum(doc_tokens) / max(len(doc_tokens), 1)) // cfg.max_length)
         return fixed(cfg.max_length, blocks, f"packed blocks of {cfg.max_length} tokens ({len(train)} documents)")
-    rows = TOKENIZERS[cfg.task](sample, tokenizer, cfg)
+    rows = ENCODERS[cfg.task](sample, tokenizer, cfg)
     lengths = [len(ids) for ids in rows["input_ids"]]
     return from_sample(lengths, batch_size, len(train), f"{len(lengths)} sampled rows of {cfg.path}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .advice import Situation, Suggestion, problems, suggestions
+from .advice import SHARDED, Situation, Suggestion, problems, suggestions
 from .devices import Device
 from .fit import largest_batch
 from .flops import StepFlops, step_flops
@@ -72,6 +72,8 @@ def make_plan(
     advise: bool = True,
 ) -> Plan:  # fmt: skip
     strategy = strategy or ("ddp" if devices > 1 else "single")
+    if spec.chunk_auto and spec.fused and strategy in SHARDED:
+        spec = replace(spec, chunk=0)  # the trainer's 'auto' falls back to full logits under FSDP / ZeRO-3
     capacity = capacity or device.memory
     footprints = Footprints(spec)
     memory = memory_plan(

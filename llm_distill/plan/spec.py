@@ -16,6 +16,7 @@ from transformers import AutoConfig
 
 from ..config import DistillationConfig
 from ..features import FeatureDistiller
+from ..losses.fused import auto_chunk_size
 from ..student import shrink_config
 from ..tasks import AUTO_CLASSES
 from .lengths import Lengths, sample_lengths
@@ -67,6 +68,7 @@ class RunSpec:
     autocast: bool  # mixed precision over fp32 weights (weight copies, fp32 master = the weights)
     gradient_checkpointing: bool
     chunk: int  # loss_chunk_size; 0 = materialised logits
+    chunk_auto: bool = False  # loss_chunk_size 'auto': fused only where it applies (not under FSDP / ZeRO-3)
     hidden_pairs: list[tuple[int, int]] = field(default_factory=list)
     attention_pairs: list[tuple[int, int]] = field(default_factory=list)
     projection_params: int = 0
@@ -239,8 +241,26 @@ def run_spec(recipe, *, lengths: Lengths | None = None, previous_stage: ModelSha
         precision=precision,
         autocast=autocast,
         gradient_checkpointing=bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
-        chunk=int(args.loss_chunk_size),
+        chunk=resolved_chunk(args.loss_chunk_size, task, student.vocab, recipe.student.get("peft")),
+        chunk_auto=args.loss_chunk_size == "auto",
         onpolicy=onpolicy,
     )
     _features(spec, teachers[0].shape if teachers else None, args)
     return spec
+
+
+def resolved_chunk(setting, task: str, vocab: int | None, peft: dict | None) -> int:
+    """``loss_chunk_size`` as the trainer resolves it: 'auto' fuses causal LMs whose lm_head is a plain linear layer
+    (no LoRA or modules_to_save on it), with the chunk sized to the vocabulary; a number is taken as given."""
+    if setting != "auto":
+        return int(setting)
+    head_adapted = any(
+        str(n).split(".")[-1] == "lm_head"
+        for key in ("target_modules", "modules_to_save")
+        for n in (
+            [] if not peft or peft.get(key) is None else [peft[key]] if isinstance(peft[key], str) else peft[key]
+        )
+    )
+    if task != "causal_lm" or not vocab or head_adapted:
+        return 0
+    return auto_chunk_size(vocab)

@@ -3,7 +3,7 @@
 - Materialised logits (``loss_chunk_size: 0``): the real loss code (``dense_logit_terms`` on the student's
   logits, then backward through the lm_head) is run on fake tensors at the run's shapes and its peak measured
   (``trace.LiveBytes``): logits, softmaxes, masks and their gradients, whatever the divergence.
-- Fused chunked loss: closed form from ``losses/fused_loop.py``: two fp32 ``(chunk, V)`` buffers (student
+- Fused chunked loss: closed form from ``losses/fused/loop.py``: two fp32 ``(chunk, V)`` buffers (student
   log-probs, teacher log-probs; one for sparse targets), one ``(chunk, V)`` buffer per 16-bit weight dtype met, one
   or two fp32 scratch blocks of ``min(2^24 / V, chunk)`` rows, the ``V x H`` weight gradient and ``R x H`` hidden
   gradient made in the forward, and the compacted copies of the ``R`` counted rows' inputs.
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 
-from ..logit_terms import dense_logit_terms
 from ..losses import SparseTargets
-from ..losses.fused_loop import block_rows
+from ..losses.fused.loop import block_rows
+from ..losses.terms import dense_logit_terms
 from ..teacher import TeacherOutputs
 from .spec import RunSpec
 from .trace import LiveBytes, fake_mode
@@ -99,9 +99,10 @@ def naive_loss_peak(spec: RunSpec, batch: int) -> int:
                 logits = logits.float()  # accelerate returns the autocast student's outputs in fp32
             kd_sum, ce_sum, _ = dense_logit_terms(
                 logits,
-                teacher,
-                mask,
-                labels,
+                teacher_logits=teacher.logits,
+                sparse=teacher.sparse,
+                mask=mask,
+                labels=labels,
                 kd=kd,
                 vocab_size=shared if shared != classes else None,
                 want_ce=args.ce_weight > 0,
