@@ -1,5 +1,13 @@
 """Pure tensor losses: no model, tokenizer or trainer in here."""
 
+from .cross_vocab import (
+    CROSS_VOCAB_LOSSES,
+    exact_map_divergence,
+    hybrid_loss,
+    matched_mass,
+    uld_loss,
+    unmatched_uld,
+)
 from .divergences import DIVERGENCE_KINDS, divergence, divergence_from_logprobs, hard_ce, reduce_tokens
 from .features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
 from .fused import fused_distillation_loss
@@ -7,15 +15,21 @@ from .sparse import SparseTargets, sparse_divergence
 
 __all__ = [
     "ATTENTION_LOSS_KINDS",
+    "CROSS_VOCAB_LOSSES",
     "DIVERGENCE_KINDS",
     "HIDDEN_LOSS_KINDS",
     "SparseTargets",
     "attention_loss",
     "divergence",
     "divergence_from_logprobs",
+    "exact_map_divergence",
     "fused_distillation_loss",
     "hard_ce",
     "hidden_state_loss",
+    "hybrid_loss",
+    "matched_mass",
     "reduce_tokens",
     "sparse_divergence",
+    "uld_loss",
+    "unmatched_uld",
 ]
