@@ -218,6 +218,33 @@ def test_left_padding_shifts_every_index_and_gathers_the_same_tokens(gpt2):
         align_batch(rows, gpt2, teacher, padding_side="middle")
 
 
+def test_a_sentencepiece_style_teacher_against_a_byte_level_student(gpt2):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    merges = [*word_merges("\u2581hello"), *word_merges("\u2581apple")]
+    vocab = {c: i for i, c in enumerate(["<unk>", "</s>", *"\u25811aplehowrd"])}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Metaspace()
+    backend.decoder = decoders.Metaspace()
+    teacher = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    batch = align_batch([text_example("hello world 1 apple", add_eos=True)], gpt2, teacher)
+    assert gpt2.convert_ids_to_tokens(batch.student_input_ids[0]) == [
+        "hello",
+        "Ġworld",
+        "Ġ1",
+        "Ġapple",
+        "<|endoftext|>",
+    ]
+    assert teacher.convert_ids_to_tokens(batch.teacher_input_ids[0]) == [
+        *["\u2581hello", "\u2581", "w", "o", "r", "l", "d", "\u2581", "1", "\u2581apple", "</s>"]
+    ]
+    assert pairs(batch) == [(0, 0), (1, 6), (2, 8), (3, 9)]
+    assert batch.groups == [[TokenGroup(1, 2, 1, 7, 5, 11), TokenGroup(2, 3, 7, 9, 11, 13)]]
+
+
 def test_trimmed_offsets_align_like_untrimmed_ones(gpt2):
     # RoBERTa-style post-processors trim whitespace off the offsets (" world" reports (6, 11), a lone " " collapses
     # to its end): the end of each token, which is all the cut uses, is unchanged.

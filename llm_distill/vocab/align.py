@@ -16,6 +16,8 @@ same cut, both predict what follows the same text: (i, j) is an aligned pair. Pr
   character into several tokens that all report the character's span: only the last of them ends the character;
   positions inside a character are never aligned, even where both sides split it at the same byte);
 - the last text token is at cut ``len(text)`` (characters a tokenizer drops at the end still count as consumed);
+  a SentencePiece tokenizer's prepended "▁" is reported inside the first character's span, so it ends inside that
+  character like a split byte;
 - where several positions of one side share a cut (a zero-width token), the last of them is the one at the cut: it
   is the one whose next token carries the following text;
 - at cut ``len(text)`` both sides predict their own end marker (EOS, end of turn): the pair counts only when the
@@ -173,7 +175,8 @@ class AlignedBatch:
 
 
 def gather_positions(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``values`` ``(B, L, ...)`` at ``positions`` ``(B, P)`` -> ``(B, P, ...)`` (e.g. logits at aligned positions)."""
+    """``values`` ``(B, L, ...)`` at ``positions`` ``(B, P)`` -> ``(B, P, ...)``: logits at the aligned positions,
+    or hidden states there (so a fused lm_head + loss only ever sees the aligned rows)."""
     if values.shape[0] != positions.shape[0]:
         raise ValueError(f"values has batch size {values.shape[0]} but positions has {positions.shape[0]}")
     rows = torch.arange(values.shape[0], device=values.device).unsqueeze(1)
