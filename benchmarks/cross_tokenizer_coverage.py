@@ -52,15 +52,20 @@ def alignment_stats(lines: list[str], student_tok, teacher_tok, batch: int = 256
     from llm_distill.vocab import align_batch, text_example
 
     counted = paired = groups = group_student = group_teacher = 0
+    kinds = {"with_digits": 0, "non_ascii": 0, "other": 0}
     for start in range(0, len(lines), batch):
-        rows = [text_example(line, add_eos=True) for line in lines[start : start + batch]]
-        aligned = align_batch(rows, student_tok, teacher_tok)
+        texts = lines[start : start + batch]
+        aligned = align_batch([text_example(line, add_eos=True) for line in texts], student_tok, teacher_tok)
         counted += int(aligned.counted_positions().sum())
         paired += int(aligned.pair_mask.sum())
-        for row in aligned.groups:
+        for text, row in zip(texts, aligned.groups):
             groups += len(row)
             group_student += sum(g.student_end - g.student_start for g in row)
             group_teacher += sum(g.teacher_end - g.teacher_start for g in row)
+            for g in row:
+                chars = text[g.char_start : g.char_end]
+                digits, non_ascii = any(c.isdigit() for c in chars), any(ord(c) > 127 for c in chars)
+                kinds["with_digits" if digits else "non_ascii" if non_ascii else "other"] += 1
     return {
         "paragraphs": len(lines),
         "student_counted_positions": counted,
@@ -69,6 +74,7 @@ def alignment_stats(lines: list[str], student_tok, teacher_tok, batch: int = 256
         "groups": groups,
         "student_tokens_in_groups": group_student,
         "teacher_tokens_in_groups": group_teacher,
+        "groups_by_text": kinds,
     }
 
 
@@ -136,6 +142,9 @@ def main() -> None:
     parser.add_argument("--mass-tokens", type=int, default=1024)
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--output", default="benchmarks/results/cross_tokenizer_coverage.json")
+    parser.add_argument(
+        "--alignment-only", action="store_true", help="tokenizers only (no model): redo the alignment section"
+    )
     ns = parser.parse_args()
     os.chdir(ROOT)
     torch.manual_seed(0)
@@ -146,9 +155,17 @@ def main() -> None:
 
     student_tok = gpt2_tokenizer()
     teacher_tok = AutoTokenizer.from_pretrained(ns.teacher)
+    valid = paragraphs(VALID)
+    if ns.alignment_only:
+        with open(ns.output) as fh:
+            result = json.load(fh)
+        result["alignment"] = alignment_stats(valid, student_tok, teacher_tok)
+        with open(ns.output, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(json.dumps(result["alignment"], indent=2))
+        return
     teacher = AutoModelForCausalLM.from_pretrained(ns.teacher, dtype=torch.float32).eval()
     vocab_map = build_exact_map(student_tok, teacher_tok)
-    valid = paragraphs(VALID)
 
     result: dict = {"teacher": ns.teacher, "student_tokenizer": GPT2_DIR}
     result["alignment"] = alignment_stats(valid, student_tok, teacher_tok)
@@ -189,7 +206,7 @@ def main() -> None:
     )
     print(
         f"| groups (boundaries differ) | {a['groups']:,}: {a['student_tokens_in_groups']:,} student vs "
-        f"{a['teacher_tokens_in_groups']:,} teacher tokens |"
+        f"{a['teacher_tokens_in_groups']:,} teacher tokens; by text {a['groups_by_text']} |"
     )
     print(
         f"| exact map entries | {m['matched_entries']:,} ({m['student_share']:.1%} of GPT-2, "
