@@ -2,9 +2,18 @@
 
 ``divergences`` (dense, per token), ``sparse`` (top-k + tail and sampled teacher targets), ``fused`` (chunked lm_head
 + divergence with closed-form gradients), ``terms`` (the KD/CE sums of a batch on either path), ``features``
-(hidden-state and attention-map losses).
+(hidden-state and attention-map losses), ``cross_vocab`` (a teacher and a student with different vocabularies:
+ULD, exact map, hybrid).
 """
 
+from .cross_vocab import (
+    CROSS_VOCAB_LOSSES,
+    exact_map_divergence,
+    hybrid_loss,
+    matched_mass,
+    uld_loss,
+    unmatched_uld,
+)
 from .divergences import (
     DIVERGENCE_KINDS,
     check_kind,
@@ -20,6 +29,7 @@ from .sparse import SparseTargets, sparse_divergence
 
 __all__ = [
     "ATTENTION_LOSS_KINDS",
+    "CROSS_VOCAB_LOSSES",
     "DIVERGENCE_KINDS",
     "HIDDEN_LOSS_KINDS",
     "SparseTargets",
@@ -28,9 +38,14 @@ __all__ = [
     "check_temperature",
     "divergence",
     "divergence_from_logprobs",
+    "exact_map_divergence",
     "fused_distillation_loss",
     "hard_ce",
     "hidden_state_loss",
+    "hybrid_loss",
+    "matched_mass",
     "reduce_tokens",
     "sparse_divergence",
+    "uld_loss",
+    "unmatched_uld",
 ]
