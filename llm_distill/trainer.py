@@ -17,9 +17,11 @@ from transformers.utils import find_labels
 from ._version import __version__
 from .config import DistillationConfig
 from .data import DistillationCollator
-from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
+from .features import FEATURE_TERMS, FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
+from .selection.tokens import SUM_KEYS as SELECTION_SUM_KEYS
+from .selection.tokens import TokenSelection, selection_logs
 from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import TeacherOutputs, build_teacher_source, model_inputs, no_logits
 from .vocab import check_tokenizers, shared_vocab_size
@@ -27,9 +29,17 @@ from .vocab import check_tokenizers, shared_vocab_size
 METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
 # Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
-SUM_KEYS = ("kd", "ce", "agree", "tokens", "hidden", "hidden_tokens", "attention", "attention_tokens")
-# What each loss term is divided by: the window count of its own kind of token.
-COUNT_KEYS = ("kd_tokens", "hidden", "attention")
+SUM_KEYS = (
+    "kd",
+    "ce",
+    "agree",
+    "tokens",
+    *(key for term in FEATURE_TERMS for key in (term, f"{term}_tokens")),
+    *SELECTION_SUM_KEYS,
+)
+# What each loss term is divided by: the window count of its own kind of item (a feature term's weight is the
+# config field f"{term}_weight").
+COUNT_KEYS = ("kd_tokens", *FEATURE_TERMS)
 
 
 class DistillationTrainer(Trainer):
@@ -79,6 +89,8 @@ class DistillationTrainer(Trainer):
             eval_dataset=eval_dataset,
         )
         self.features: FeatureDistiller | None = None
+        # Token-level data selection narrows the KD/CE counted tokens; None without it (or at the sample level).
+        self.selection = TokenSelection.from_args(args, self.task)
         if args.uses_features:
             model = self._wrap_with_features(model, args)
         if data_collator is None and processing_class is not None and hasattr(processing_class, "pad_token_id"):
@@ -118,10 +130,22 @@ class DistillationTrainer(Trainer):
             attention_map=attention_map if args.attention_weight > 0 else None,
             hidden_loss=args.hidden_loss,
             attention_loss=args.attention_loss,
+            attention_on=args.attention_on,
+            relation_map=attention_map if args.relation_weight > 0 else None,
+            relation_heads=args.relation_heads,
+            relation_kinds=args.relation_kinds,
+            rkd=[w for w in ("distance", "angle") if getattr(args, f"rkd_{w}_weight") > 0],
+            rkd_pooling=args.rkd_pooling if args.rkd_pooling != "auto" else self._default_pooling(),
+            causal=self.task == "causal_lm",
         )
         prepare_for_feature_distillation(student, attentions=self.features.needs_attentions)
         prepare_for_feature_distillation(self.teacher.model, attentions=self.features.needs_attentions)
+        self.features.attach(student, self.teacher.model)
         return StudentWithFeatures(student, self.features)
+
+    def _default_pooling(self) -> str:
+        # A classifier reads its [CLS] vector; a language model has no such token, so its samples are token means.
+        return "cls" if self.task == "sequence_classification" else "mean"
 
     def _check_fusable(self) -> None:
         """The fused path applies the lm_head weight itself: a plain linear layer, not sharded by the strategy."""
@@ -159,9 +183,10 @@ class DistillationTrainer(Trainer):
     def _count(self, batch: dict) -> torch.Tensor:
         """Counts in ``COUNT_KEYS`` order for one micro-batch."""
         mask, _ = targets(batch, self.task)
+        kd_tokens = self.selection.kept_count(mask) if self.selection is not None else mask.sum()
         feature = self.features.counts(real_token_mask(batch)) if self.features is not None else {}
         zero = mask.sum() * 0
-        return torch.stack([mask.sum(), feature.get("hidden", zero), feature.get("attention", zero)])
+        return torch.stack([kd_tokens, *(torch.as_tensor(feature.get(t, zero)).to(zero) for t in FEATURE_TERMS)])
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict | None:
         """Counted tokens of the whole accumulation window, summed over processes.
@@ -208,6 +233,10 @@ class DistillationTrainer(Trainer):
             student_out = model(**student_inputs, return_dict=True)
             feature_terms = {}
 
+        selected = {}
+        if self.selection is not None and mode == "train":
+            mask, labels, selected = self._select_tokens(mask, labels, student_out, teacher_out)
+
         kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
         want_ce = labels is not None and (args.ce_weight > 0 or mode == "eval")
         common = dict(mask=mask, labels=labels, kd=kd, vocab_size=self.kd_vocab_size)
@@ -244,9 +273,8 @@ class DistillationTrainer(Trainer):
             counts = {"kd_tokens": local_tokens, **{k: c for k, (_, c) in feature_terms.items()}}
             scale = 1
         loss = (args.kd_weight * kd_sum + args.ce_weight * ce_sum) / counts["kd_tokens"].clamp(min=1)
-        weights = {"hidden": args.hidden_weight, "attention": args.attention_weight}
         for term, (term_sum, _) in feature_terms.items():
-            loss = loss + weights[term] * term_sum / counts[term].clamp(min=1)
+            loss = loss + getattr(args, f"{term}_weight") * term_sum / counts[term].clamp(min=1)
         loss = loss * scale
 
         with torch.no_grad():
@@ -255,9 +283,31 @@ class DistillationTrainer(Trainer):
                 sums["agree"] = agree
             for term, (term_sum, term_count) in feature_terms.items():
                 sums[term], sums[f"{term}_tokens"] = term_sum, term_count
+            sums.update(selected)
             for key, value in sums.items():
                 self._metrics[mode][key] += value.detach().float()
         return (loss, student_out) if return_outputs else loss
+
+    def _select_tokens(self, mask, labels, student_out, teacher_out):
+        """Token-level data selection: the kept tokens of each row, scored from this micro-batch's outputs."""
+        if self.fused:
+            head = self.student.get_output_embeddings()
+            student = (student_out["hidden_states"][-1], head.weight, head.bias)
+            teacher = (teacher_out.final_hidden, teacher_out.lm_head_weight, teacher_out.lm_head_bias)
+        else:
+            student, teacher = student_out["logits"], teacher_out.logits
+        if teacher is None or (isinstance(teacher, tuple) and teacher[0] is None):
+            raise ValueError(
+                "data_selection.level='token' needs the teacher's full distribution; this teacher has none"
+            )
+        return self.selection.narrow(
+            mask,
+            labels,
+            student=student,
+            teacher=teacher,
+            vocab_size=self.kd_vocab_size,
+            chunk_size=self.args.loss_chunk_size or 256,
+        )
 
     # ---- logging ----------------------------------------------------------------------------------------------
 
@@ -269,13 +319,14 @@ class DistillationTrainer(Trainer):
             totals = torch.stack([torch.as_tensor(sums.get(k, 0.0), device=device).float() for k in SUM_KEYS])
             if self.args.world_size > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
-            kd, ce, agree, tokens, hidden, hidden_tokens, attention, attention_tokens = totals.tolist()
-            tokens = max(tokens, 1.0)
+            totals = dict(zip(SUM_KEYS, totals.tolist()))
+            kd, ce, agree = totals["kd"], totals["ce"], totals["agree"]
+            tokens = max(totals["tokens"], 1.0)
             prefix = "eval_" if mode == "eval" else ""
-            if hidden_tokens:
-                logs[f"{prefix}hidden_loss"] = hidden / hidden_tokens
-            if attention_tokens:
-                logs[f"{prefix}attention_loss"] = attention / attention_tokens
+            for term in FEATURE_TERMS:
+                if totals[f"{term}_tokens"]:
+                    logs[f"{prefix}{term}_loss"] = totals[term] / totals[f"{term}_tokens"]
+            logs.update(selection_logs(totals, prefix))
             logs[f"{prefix}kd_loss"] = kd / tokens
             if mode == "eval" or self.args.ce_weight > 0:
                 logs[f"{prefix}ce_loss"] = ce / tokens
@@ -305,7 +356,12 @@ class DistillationTrainer(Trainer):
                 "ce": args.ce_weight,
                 "hidden": args.hidden_weight,
                 "attention": args.attention_weight,
+                "relation": args.relation_weight,
+                "rkd_distance": args.rkd_distance_weight,
+                "rkd_angle": args.rkd_angle_weight,
             },
+            "attention_on": args.attention_on,
+            "data_selection": args.data_selection,
             "layer_map": args.layer_map if args.uses_features else None,
             "kd_vocab_size": self.kd_vocab_size,
         }

@@ -2,7 +2,8 @@
 
 ``divergences`` (dense, per token), ``sparse`` (top-k + tail and sampled teacher targets), ``fused`` (chunked lm_head
 + divergence with closed-form gradients), ``terms`` (the KD/CE sums of a batch on either path), ``features``
-(hidden-state and attention-map losses).
+(hidden-state and attention-map losses), ``relations`` (MiniLMv2 self-attention relations, pre-softmax attention
+scores, RKD), ``selection`` (teacher-guided token scores and which tokens a row keeps).
 """
 
 from .divergences import (
@@ -16,14 +17,28 @@ from .divergences import (
 )
 from .features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS, attention_loss, hidden_state_loss
 from .fused import fused_distillation_loss
+from .relations import (
+    RELATION_KINDS,
+    attention_relation_loss,
+    attention_score_loss,
+    pool_hidden,
+    rkd_angle_loss,
+    rkd_distance_loss,
+)
+from .selection import SELECTION_LEVELS, SELECTION_SCORES, kept_per_row, select_tokens
 from .sparse import SparseTargets, sparse_divergence
 
 __all__ = [
     "ATTENTION_LOSS_KINDS",
     "DIVERGENCE_KINDS",
     "HIDDEN_LOSS_KINDS",
+    "RELATION_KINDS",
+    "SELECTION_LEVELS",
+    "SELECTION_SCORES",
     "SparseTargets",
     "attention_loss",
+    "attention_relation_loss",
+    "attention_score_loss",
     "check_kind",
     "check_temperature",
     "divergence",
@@ -31,6 +46,11 @@ __all__ = [
     "fused_distillation_loss",
     "hard_ce",
     "hidden_state_loss",
+    "kept_per_row",
+    "pool_hidden",
     "reduce_tokens",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "select_tokens",
     "sparse_divergence",
 ]
