@@ -15,6 +15,7 @@ from ..trainer import DistillationTrainer
 from ..vocab import check_tokenizers
 from .resume import resume_point
 from .schema import Recipe, stage_recipes
+from .select import select_samples
 
 logger = logging.getLogger("llm_distill")
 
@@ -119,10 +120,14 @@ def train_stage(recipe: Recipe) -> dict:
         attn = {"attn_implementation": "eager"} if args.attention_weight > 0 else {}
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
     student = build_student(recipe, args, task, teacher)
+    scorer = teacher  # sample-level data selection scores with it (and with the initial student) before training
     if not live:
         teacher = None  # it only shaped the student; targets come from the logit store
     with args.main_process_first(desc="tokenize"):
         train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
+    train_ds = select_samples(
+        args, task, train_ds, tokenizer, max_length=data_cfg.max_length, teacher=scorer, reference=student
+    )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -164,6 +169,16 @@ def cache(recipe: Recipe):
     with args.main_process_first(desc="tokenize"):
         train_ds, eval_ds = build_datasets(data_cfg, tokenizer)
     teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)
+    # The store is written for the rows training will read: the same sample-level selection, if any.
+    train_ds = select_samples(
+        args,
+        task,
+        train_ds,
+        tokenizer,
+        max_length=data_cfg.max_length,
+        teacher=teacher,
+        reference=lambda: build_student(recipe, args, task, teacher),
+    )
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator
