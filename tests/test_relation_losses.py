@@ -134,8 +134,11 @@ def test_score_kl_equals_the_kl_of_the_attention_probabilities():
 def test_score_mse_by_hand_and_mean_over_heads_when_counts_differ():
     student = torch.zeros(1, 2, 2, 2)
     teacher = torch.ones(1, 4, 2, 2)
-    total, count = attention_score_loss(student, teacher, kind="mse")  # head means: 0 vs 1, 2 keys per row
-    assert count == 2 and total.item() == pytest.approx(4.0)
+    total, count = attention_score_loss(student, teacher, kind="mse")  # head means: 0 vs 1, mean over 2 keys
+    assert count == 2 and total.item() == pytest.approx(2.0)
+    causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None]  # rows see 1, 2, 3 keys: each row weighs 1
+    total, _ = attention_score_loss(torch.zeros(1, 1, 3, 3), torch.full((1, 1, 3, 3), 2.0), allowed=causal)
+    assert total.item() == pytest.approx(12.0)
 
 
 # ---- RKD --------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..losses.features import ATTENTION_LOSS_KINDS, HEAD_MODES, HIDDEN_LOSS_KIND
 from ..losses.relations import POOLINGS, RELATION_KINDS, SCORE_LOSS_KINDS
 from .capture import AttentionCapture, AttentionShape
 from .layer_map import LayerMapSpec, Projections, resolve_layer_map
-from .relational import RKD_TERMS, relation_term, rkd_counts, rkd_terms, score_attention_term
+from .relational import RKD_TERMS, check_relation_heads, relation_term, rkd_counts, rkd_terms, score_attention_term
 
 LayerOutputs = Sequence[torch.Tensor] | Mapping[int, torch.Tensor]
 # Every feature term, in the order a trainer counts and logs them.
@@ -50,23 +50,6 @@ def _config_dims(config, role: str) -> tuple[int, int]:
             f"{role} config {type(config).__name__} has no num_hidden_layers/hidden_size; pass the sizes to "
             "FeatureDistiller(...) directly"
         ) from err
-
-
-def _check_relation_heads(heads: int, kinds: Sequence[str], shape: AttentionShape | None, role: str) -> None:
-    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
-        raise ValueError(f"relation_heads={heads!r} is not accepted; it must be an int >= 1")
-    if shape is None:
-        return
-    widths = {kind: shape.widths[kind] for kind in kinds}
-    bad = {kind: w for kind, w in widths.items() if w % heads}
-    if bad:
-        divisors = [d for d in range(1, min(widths.values()) + 1) if all(w % d == 0 for w in widths.values())]
-        named = ", ".join(f"{kind} width {width}" for kind, width in bad.items())
-        raise ValueError(
-            f"relation_heads={heads} does not divide the {role}'s {named}"
-            f" ({shape.heads} heads, {shape.kv_heads} key/value heads of size {shape.head_dim}); the {role} accepts "
-            f"{divisors}, and relation_heads must suit both models"
-        )
 
 
 def prepare_for_feature_distillation(model: nn.Module, *, attentions: bool) -> list[str]:
@@ -195,7 +178,7 @@ class FeatureDistiller(nn.Module):
         self.causal = causal
         if self.relation_pairs:
             for role, shape in (("student", student_attention), ("teacher", teacher_attention)):
-                _check_relation_heads(relation_heads, self.relation_kinds, shape, role)
+                check_relation_heads(relation_heads, self.relation_kinds, shape, role)
         # Hooks on the models, not parameters: a plain dict, which nn.Module does not register or save.
         self._captures: dict[str, AttentionCapture] = {}
         self.projections = Projections(

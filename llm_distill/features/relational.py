@@ -34,6 +34,24 @@ Captures = Mapping[int, Mapping[str, torch.Tensor | None]]
 RKD_TERMS = {"distance": ("rkd_distance", rkd_distance_loss), "angle": ("rkd_angle", rkd_angle_loss)}
 
 
+def check_relation_heads(heads: int, kinds: Sequence[str], shape, role: str) -> None:
+    """Refuse a number of relation heads that does not divide every captured width of a model (``AttentionShape``)."""
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"relation_heads={heads!r} is not accepted; it must be an int >= 1")
+    if shape is None:
+        return
+    widths = {kind: shape.widths[kind] for kind in kinds}
+    bad = {kind: w for kind, w in widths.items() if w % heads}
+    if bad:
+        divisors = [d for d in range(1, min(widths.values()) + 1) if all(w % d == 0 for w in widths.values())]
+        named = ", ".join(f"{kind} width {width}" for kind, width in bad.items())
+        raise ValueError(
+            f"relation_heads={heads} does not divide the {role}'s {named}"
+            f" ({shape.heads} heads, {shape.kv_heads} key/value heads of size {shape.head_dim}); the {role} accepts "
+            f"{divisors}, and relation_heads must suit both models"
+        )
+
+
 def captured(records: Captures | None, layer: int, key: str, role: str) -> torch.Tensor:
     """One captured tensor, or an error that says what was missing."""
     if records is None or layer not in records or records[layer].get(key) is None:

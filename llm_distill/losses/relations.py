@@ -16,8 +16,9 @@ trainer adds sums and counts over an accumulation window (and across processes) 
   inside it) leaves the loss unchanged. Moving columns *between* relation heads changes which dot products are summed
   together, and the relation in general.
 - **Pre-softmax attention scores** (Jiao et al., "TinyBERT", 2020, eq. 3 uses the unnormalised ``QK^T / sqrt(d)``):
-  MSE (sum over the allowed keys of a query row of the squared difference, averaged over heads) or KL between the
-  softmaxes over the allowed keys. A position counts only where the model itself lets the query attend to the key
+  MSE (mean over the allowed keys of a query row of the squared difference, averaged over heads: scores are not
+  bounded like probabilities, so a sum over keys would grow with the length) or KL between the softmaxes over the
+  allowed keys. A position counts only where the model itself lets the query attend to the key
   (``allowed``: its own attention mask, causal or padded) and both are real tokens.
 - **RKD** (Park et al., "Relational Knowledge Distillation", CVPR 2019): on one pooled vector per sample,
   distance-wise ``huber(d_S(i, j) / mu_S - d_T(i, j) / mu_T)`` over ordered pairs i != j (``mu`` = the mean distance
@@ -127,8 +128,9 @@ def attention_score_loss(
         attention_mask: ``(B, S)`` 1 for real tokens (queries and keys). None: every position is real.
         allowed: bool, broadcastable to ``(B, H, S, S)``: True where the models' own attention mask lets the query
             see the key (causal, padding, sliding window). None: every pair of real tokens.
-        kind: ``"mse"``: sum over allowed keys of ``(s_S - s_T)^2`` per query row (TinyBERT's loss, without the
-            ``1/S`` of an element-wise mean); ``"kl"``: KL between the softmaxes over the allowed keys.
+        kind: ``"mse"``: mean over the allowed keys of ``(s_S - s_T)^2`` per query row (TinyBERT's element-wise MSE,
+            with padded and masked entries left out instead of zeroed); ``"kl"``: KL between the softmaxes over the
+            allowed keys.
         heads: ``"per_head"`` | ``"mean"`` | ``"auto"`` as in ``features.attention_loss`` (``mean`` averages the
             scores over heads).
     Returns:
@@ -154,7 +156,8 @@ def attention_score_loss(
         keys = keys & allowed.to(student.device).bool()
     keys = keys.expand(b, s.shape[1], sq, sk)
     if kind == "mse":
-        per_row = torch.where(keys, (s - t).pow(2), torch.zeros_like(s)).sum(-1)
+        squared = torch.where(keys, (s - t).pow(2), torch.zeros_like(s)).sum(-1)
+        per_row = squared / keys.sum(-1).clamp_min(1)
     else:
         per_row = _kl_rows(t, s, keys)
     per_query = per_row.mean(1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 
+from transformers import set_seed
+
 from ..checks import reject_unknown_keys
 from ..data import DataConfig, DistillationCollator, build_datasets
 from ..student import apply_lora, save_merged, student_from_teacher
@@ -61,6 +63,9 @@ def teacher_tokenizer(recipe: Recipe, args, tokenizer):
 
 def build_student(recipe: Recipe, args, task: str, teacher):
     """The student the recipe's ``student:`` block describes (shrunk from the teacher, or loaded), with LoRA."""
+    # Seeded like the run: whatever is randomly initialised (a narrower student, LoRA) is the same in every run of
+    # the recipe, so that students trained with different signals start from the same weights.
+    set_seed(args.seed)
     spec = dict(recipe.student)
     peft_spec = spec.pop("peft", None)
     extra = {}
