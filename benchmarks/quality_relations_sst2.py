@@ -68,7 +68,12 @@ def main() -> None:
             "command": cmd,
         }
     ]
-    common = ["--teacher_model_name_or_path", teacher, "--dataset.max_samples", str(ns.max_samples)]
+    # No evaluation inside the runs: accuracy is measured below, once per final model.
+    common = [
+        "--teacher_model_name_or_path", teacher,
+        "--dataset.max_samples", str(ns.max_samples),
+        "--dataset.eval_path", "null",
+    ]  # fmt: skip
     stage = ["--num_train_epochs", str(ns.epochs)]
     double = ["--num_train_epochs", str(2 * ns.epochs)]
     shapes = {

@@ -8,7 +8,7 @@ order; perplexity and bits per byte on the first --eval-tokens tokens of WikiTex
 but with a live teacher: the scores come from each micro-batch's teacher and student forward passes, which a top-k
 logit store cannot give. KD and CE are computed on the kept tokens only; every row sees the same forward passes.
 
-    python benchmarks/quality_selection_wikitext.py                      # about an hour on 2 CPU cores
+    python benchmarks/quality_selection_wikitext.py                      # about 50 minutes on 2 quiet CPU cores
     python benchmarks/quality_selection_wikitext.py --steps 3 --eval-tokens 512 --out runs/sel_tiny
 
 Finished runs are reused. Prints a Markdown table and writes benchmarks/results/quality_selection_wikitext.json.
@@ -48,7 +48,7 @@ def selection_logs(run_dir: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/quality_selection_wikitext")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--eval-tokens", type=int, default=16384)
