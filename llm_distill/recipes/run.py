@@ -65,7 +65,8 @@ def build_student(recipe: Recipe, args, task: str, teacher):
     """The student the recipe's ``student:`` block describes (shrunk from the teacher, or loaded), with LoRA."""
     # Seeded like the run: whatever is randomly initialised (a narrower student, LoRA) is the same in every run of
     # the recipe, so that students trained with different signals start from the same weights.
-    set_seed(args.seed)
+    if getattr(args, "seed", None) is not None:
+        set_seed(args.seed)
     spec = dict(recipe.student)
     peft_spec = spec.pop("peft", None)
     extra = {}
