@@ -1,6 +1,7 @@
 """SST-2 validation accuracy of students distilled with relation knowledge (MiniLMv2 self-attention relations) against
-the TinyBERT-style student (hidden states + attention maps) and the same student trained on labels alone, at the
-teacher's width (384) and at a narrower width (312) that the hidden-state term reaches only through projections.
+the TinyBERT-style student (hidden states + attention maps, also on pre-softmax scores), logit KD with and without RKD
+and the same student trained on labels alone, at the teacher's width (384) and at a narrower width (312) that the
+hidden-state term reaches only through projections.
 
 Setting: that of ``quality_sst2.py`` (4-layer students, the first --max-samples SST-2 training sentences, 1 epoch per
 stage, the single-stage labels-only student as many steps as both stages together), with a teacher fine-tuned on the
@@ -102,6 +103,11 @@ def main() -> None:
             ),
         ]
         if width == 384:
+            runs += [
+                ("logit KD (T = 2) + CE", "train", "configs/bert_sst2_logit_kd.yaml", double, "logit_kd", []),
+                ("logit KD (T = 2) + CE + RKD (distance 1, angle 2)", "train", "configs/bert_sst2_rkd.yaml", double,
+                 "logit_kd_rkd", []),
+            ]  # fmt: skip
             runs.insert(
                 2,
                 (
