@@ -20,6 +20,7 @@ commands:
   train RECIPE.yaml [--key value ...]         distil a student (keys: DistillationConfig fields, dataset.*, student.*)
   finetune RECIPE.yaml [--key value ...]      plain cross-entropy fine-tuning (teachers, no-teacher baselines)
   cache-logits RECIPE.yaml [--key value ...]  run the teacher once and store its top-k logits
+  score-data RECIPE.yaml [--key value ...]    score the training rows for sample-level data selection
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
   eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
@@ -117,6 +118,7 @@ DELEGATED = {
     "report": ("llm_distill.evaluation.compare", "main"),
     "fetch-teacher": ("llm_distill.assets", "main"),
     "plan": ("llm_distill.plan.cli", "main"),
+    "score-data": ("llm_distill.recipes.score_data", "main"),
 }
 
 

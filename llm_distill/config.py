@@ -11,9 +11,19 @@ from transformers import TrainingArguments
 from .checks import check_choice, check_non_negative
 from .losses.divergences import DIVERGENCE_KINDS, check_kind, check_temperature
 from .losses.features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS
+from .losses.relations import POOLINGS, RELATION_KINDS
+from .selection.spec import DataSelection
 from .tasks import DTYPES, TASKS
 
-LOSS_WEIGHTS = ("kd_weight", "ce_weight", "hidden_weight", "attention_weight")
+LOSS_WEIGHTS = (
+    "kd_weight",
+    "ce_weight",
+    "hidden_weight",
+    "attention_weight",
+    "relation_weight",
+    "rkd_distance_weight",
+    "rkd_angle_weight",
+)
 # Who teaches (see docs/architecture.md, "Who teaches"): the closed choices of that section's fields.
 MULTI_TEACHER_MODES = ("mixture", "sum")
 SELF_TEACHERS = ("frozen", "ema", "live", "lora_base")
@@ -180,6 +190,61 @@ class DistillationConfig(TrainingArguments):
         default=2, metadata={"help": "online_distillation=mutual: the number of students trained together (>= 2)."}
     )
 
+    # --- relation knowledge and data selection ---------------------------------------------------------------
+    # MiniLMv2 self-attention relations, the attention term on pre-softmax scores, RKD between the samples of a
+    # micro-batch (features/relational.py), and teacher-guided selection of the rows or tokens trained on
+    # (selection/). Relation and score terms use layer_map's block pairs, like the attention term.
+    attention_on: str = field(
+        default="probs",
+        metadata={
+            "help": "What the attention term compares: probs (the attention maps) or scores (pre-softmax QK^T * "
+            "scaling at the positions the models' own masks allow, as in TinyBERT; attention_loss mse or kl)."
+        },
+    )
+    relation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the MiniLMv2 self-attention relation term (KL between teacher and student "
+            "Q-Q / K-K / V-V relations of mapped layers, on real tokens; no projection) (>= 0)."
+        },
+    )
+    relation_heads: int = field(
+        default=12,
+        metadata={
+            "help": "Relation heads the concatenated query/key/value projections of a layer are split into; must "
+            "divide every such width of both models (teacher and student need not share head counts or width)."
+        },
+    )
+    relation_kinds: list = field(
+        default_factory=lambda: list(RELATION_KINDS),
+        metadata={"help": f"Which relations: any of {', '.join(RELATION_KINDS)} (Q-Q, K-K, V-V as in MiniLMv2)."},
+    )
+    rkd_distance_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the RKD distance-wise term between the pooled samples of each micro-batch (Park et "
+            "al. use 1.0) (>= 0)."
+        },
+    )
+    rkd_angle_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the RKD angle-wise term (Park et al. use 2.0) (>= 0)."},
+    )
+    rkd_pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "One vector per sample for RKD, from the last layer: cls (first real token), mean (mean of real "
+            "tokens), auto (cls for sequence classification, mean otherwise)."
+        },
+    )
+    data_selection: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher-guided data selection, a mapping: score (teacher_nll | teacher_entropy | excess_loss), "
+            "level (sample | token), keep (fraction in (0, 1]), optional keep_highest, scores_path, batch_size."
+        },
+    )
+
     def __post_init__(self):
         super().__post_init__()
         check_kind(self.kd_loss, self.jsd_beta, kind_field="kd_loss", beta_field="jsd_beta")
@@ -281,9 +346,53 @@ class DistillationConfig(TrainingArguments):
                 "or use bf16=True (CPU autocast supports bfloat16)"
             )
 
+        self._check_relations_and_selection()
+
+    def _check_relations_and_selection(self) -> None:
+        check_choice("attention_on", self.attention_on, ("probs", "scores"))
+        check_choice("rkd_pooling", self.rkd_pooling, ("auto", *POOLINGS))
+        if (
+            isinstance(self.relation_heads, bool)
+            or not isinstance(self.relation_heads, int)
+            or self.relation_heads < 1
+        ):
+            raise ValueError(f"relation_heads={self.relation_heads!r} is not accepted; it must be an int >= 1")
+        if not isinstance(self.relation_kinds, list | tuple) or not self.relation_kinds:
+            raise ValueError(f"relation_kinds={self.relation_kinds!r} is not accepted; list any of {RELATION_KINDS}")
+        for kind in self.relation_kinds:
+            check_choice("relation_kinds", kind, RELATION_KINDS)
+        selection = DataSelection.parse(self.data_selection)
+        if self.teacher_logits_path and selection is not None and selection.level == "token":
+            raise ValueError(
+                f"data_selection.level='token' scores every token with the teacher's full distribution, which "
+                f"teacher_logits_path={self.teacher_logits_path!r} (top-k) does not hold; use a live teacher or "
+                "level: sample"
+            )
+        relational = {k: getattr(self, k) for k in ("relation_weight", "rkd_distance_weight", "rkd_angle_weight")}
+        if self.teacher_logits_path and any(relational.values()):
+            raise ValueError(
+                f"teacher_logits_path={self.teacher_logits_path!r} stores logits only, but "
+                f"{', '.join(f'{k}={v}' for k, v in relational.items() if v)} need a live teacher's features; set "
+                "them to 0 or use teacher_model_name_or_path"
+            )
+
+    @property
+    def selection(self) -> DataSelection | None:
+        """``data_selection`` parsed and validated (None when off)."""
+        return DataSelection.parse(self.data_selection)
+
     @property
     def uses_features(self) -> bool:
-        return self.hidden_weight > 0 or self.attention_weight > 0
+        return any(
+            getattr(self, name) > 0
+            for name in (
+                "hidden_weight",
+                "attention_weight",
+                "relation_weight",
+                "rkd_distance_weight",
+                "rkd_angle_weight",
+            )
+        )
 
 
 def normalize_teacher_specs(value) -> list[dict]:

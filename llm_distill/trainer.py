@@ -21,9 +21,17 @@ from .checks import NonFiniteError
 from .config import DistillationConfig
 from .data import DistillationCollator
 from .export import match_umask
-from .features import FeatureDistiller, StudentWithFeatures, feature_distiller_for, prepare_for_feature_distillation
+from .features import (
+    FEATURE_TERMS,
+    FeatureDistiller,
+    StudentWithFeatures,
+    feature_distiller_for,
+    prepare_for_feature_distillation,
+)
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
+from .selection.tokens import SUM_KEYS as SELECTION_SUM_KEYS
+from .selection.tokens import TokenSelection, selection_logs
 from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import (
     TEACHER_BATCH_KEYS,
@@ -42,9 +50,17 @@ METADATA_NAME = "distillation.json"
 PROJECTIONS_NAME = "feature_projections.safetensors"
 TEACHER_STATE_NAME = "teacher_state.pt"
 # Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
-SUM_KEYS = ("kd", "ce", "agree", "tokens", "hidden", "hidden_tokens", "attention", "attention_tokens")
-# What each loss term is divided by: the window count of its own kind of token.
-COUNT_KEYS = ("kd_tokens", "hidden", "attention")
+SUM_KEYS = (
+    "kd",
+    "ce",
+    "agree",
+    "tokens",
+    *(key for term in FEATURE_TERMS for key in (term, f"{term}_tokens")),
+    *SELECTION_SUM_KEYS,
+)
+# What each loss term is divided by: the window count of its own kind of item (a feature term's weight is the
+# config field f"{term}_weight").
+COUNT_KEYS = ("kd_tokens", *FEATURE_TERMS)
 
 
 class DistillationTrainer(Trainer):
@@ -96,6 +112,8 @@ class DistillationTrainer(Trainer):
             student=model,
         )
         self.features: FeatureDistiller | None = None
+        # Token-level data selection narrows the KD/CE counted tokens; None without it (or at the sample level).
+        self.selection = TokenSelection.from_args(args, self.task)
         if args.uses_features:
             model = self._wrap_with_features(model, args)
         if data_collator is None and processing_class is not None and hasattr(processing_class, "pad_token_id"):
@@ -130,9 +148,10 @@ class DistillationTrainer(Trainer):
                 "hidden_weight / attention_weight need the teacher's hidden states or attention maps, which this "
                 f"teacher source does not have ({self.teacher.describe()}); use a live teacher"
             )
-        self.features = feature_distiller_for(args, student.config, self.teacher.config)
+        self.features = feature_distiller_for(args, student.config, self.teacher.config, task=self.task)
         prepare_for_feature_distillation(student, attentions=self.features.needs_attentions)
         prepare_for_feature_distillation(self.teacher.model, attentions=self.features.needs_attentions)
+        self.features.attach(student, self.teacher.model)
         return StudentWithFeatures(student, self.features)
 
     def _why_not_fused(self) -> str | None:
@@ -185,9 +204,10 @@ class DistillationTrainer(Trainer):
     def _count(self, batch: dict) -> torch.Tensor:
         """Counts in ``COUNT_KEYS`` order for one micro-batch."""
         mask, _ = targets(batch, self.task)
+        kd_tokens = self.selection.kept_count(mask) if self.selection is not None else mask.sum()
         feature = self.features.counts(real_token_mask(batch)) if self.features is not None else {}
         zero = mask.sum() * 0
-        return torch.stack([mask.sum(), feature.get("hidden", zero), feature.get("attention", zero)])
+        return torch.stack([kd_tokens, *(torch.as_tensor(feature.get(t, zero)).to(zero) for t in FEATURE_TERMS)])
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict | None:
         """Counted tokens of the whole accumulation window, summed over processes.
@@ -284,6 +304,10 @@ class DistillationTrainer(Trainer):
             student_out = model(**student_inputs, return_dict=True)
             feature_terms = {}
 
+        selected = {}
+        if self.selection is not None and mode == "train":
+            mask, labels, selected = self._select_tokens(mask, labels, student_out, teacher_out)
+
         kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
         want_ce = labels is not None and (args.ce_weight > 0 or mode == "eval")
         common = dict(mask=mask, labels=labels, kd=kd, vocab_size=self.kd_vocab_size)
@@ -298,9 +322,8 @@ class DistillationTrainer(Trainer):
             counts = {"kd_tokens": local_tokens, **{k: c for k, (_, c) in feature_terms.items()}}
             scale = 1
         loss = (args.kd_weight * kd_sum + args.ce_weight * ce_sum) / counts["kd_tokens"].clamp(min=1)
-        weights = {"hidden": args.hidden_weight, "attention": args.attention_weight}
         for term, (term_sum, _) in feature_terms.items():
-            loss = loss + weights[term] * term_sum / counts[term].clamp(min=1)
+            loss = loss + getattr(args, f"{term}_weight") * term_sum / counts[term].clamp(min=1)
         loss = loss * scale
         self._check_loss_finite(loss, {"kd": kd_sum, "ce": ce_sum, **{k: v for k, (v, _) in feature_terms.items()}})
 
@@ -311,6 +334,7 @@ class DistillationTrainer(Trainer):
             for term, (term_sum, term_count) in feature_terms.items():
                 sums[term], sums[f"{term}_tokens"] = term_sum, term_count
             sums.update(named)
+            sums.update(selected)
             for key, value in sums.items():
                 self._metrics[mode][key] += value.detach().float()
         return (loss, student_out) if return_outputs else loss
@@ -373,6 +397,27 @@ class DistillationTrainer(Trainer):
             ce_sum = kd_total.new_zeros(())
         return kd_total, ce_sum, agree_total, named
 
+    def _select_tokens(self, mask, labels, student_out, teacher_out):
+        """Token-level data selection: the kept tokens of each row, scored from this micro-batch's outputs."""
+        if self.fused:
+            head = self.student.get_output_embeddings()
+            student = (student_out["hidden_states"][-1], head.weight, head.bias)
+            teacher = (teacher_out.final_hidden, teacher_out.lm_head_weight, teacher_out.lm_head_bias)
+        else:
+            student, teacher = student_out["logits"], teacher_out.logits
+        if teacher is None or (isinstance(teacher, tuple) and teacher[0] is None):
+            raise ValueError(
+                "data_selection.level='token' needs the teacher's full distribution; this teacher has none"
+            )
+        return self.selection.narrow(
+            mask,
+            labels,
+            student=student,
+            teacher=teacher,
+            vocab_size=self.kd_vocab_size,
+            chunk_size=self.args.loss_chunk_size if isinstance(self.args.loss_chunk_size, int) else 0,
+        )
+
     # ---- logging ----------------------------------------------------------------------------------------------
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -383,12 +428,13 @@ class DistillationTrainer(Trainer):
             totals = torch.stack([torch.as_tensor(sums.get(k, 0.0), device=device).float() for k in SUM_KEYS])
             if self.args.world_size > 1:
                 totals = self.accelerator.reduce(totals, reduction="sum")
-            kd, ce, agree, tokens, hidden, hidden_tokens, attention, attention_tokens = totals.tolist()
+            totals = dict(zip(SUM_KEYS, totals.tolist()))
+            kd, ce, agree, tokens = totals["kd"], totals["ce"], totals["agree"], totals["tokens"]
             prefix = "eval_" if mode == "eval" else ""
-            if hidden_tokens:
-                logs[f"{prefix}hidden_loss"] = hidden / hidden_tokens
-            if attention_tokens:
-                logs[f"{prefix}attention_loss"] = attention / attention_tokens
+            for term in FEATURE_TERMS:
+                if totals[f"{term}_tokens"]:
+                    logs[f"{prefix}{term}_loss"] = totals[term] / totals[f"{term}_tokens"]
+            logs.update(selection_logs(totals, prefix))
             # Nothing counted (e.g. a window of prompt-only rows): no KD/CE figure at all, rather than 0 and a
             # perplexity of 1.0 that would read as a perfect model.
             if tokens:
@@ -442,7 +488,12 @@ class DistillationTrainer(Trainer):
                 "ce": args.ce_weight,
                 "hidden": args.hidden_weight,
                 "attention": args.attention_weight,
+                "relation": args.relation_weight,
+                "rkd_distance": args.rkd_distance_weight,
+                "rkd_angle": args.rkd_angle_weight,
             },
+            "attention_on": args.attention_on,
+            "data_selection": args.data_selection,
             "layer_map": args.layer_map if args.uses_features else None,
             "kd_vocab_size": self.kd_vocab_size,
         }

@@ -16,13 +16,27 @@ from test_trainer import instruction_dataset  # noqa: E402
 from llm_distill import DistillationConfig, DistillationTrainer  # noqa: E402
 from llm_distill.online import OnlineDistillationTrainer, mutual_learning  # noqa: E402
 
+# Relation terms, scores, RKD and token-level selection at once. RKD relates the samples of each micro-batch, so
+# the single-process run must see the same micro-batches: batch 4 x accumulation 2 against 2 processes x batch 4.
+RELATIONAL = {
+    "attention_weight": 0.5,
+    "attention_on": "scores",
+    "relation_weight": 1.0,
+    "relation_heads": 4,
+    "rkd_distance_weight": 1.0,
+    "rkd_angle_weight": 2.0,
+    "data_selection": {"score": "excess_loss", "level": "token", "keep": 0.6},
+}
 
-def main(output_dir: str, per_device_batch: int, mode: str) -> None:
+
+def main(output_dir: str, per_device_batch: int, mode: str, accumulation: int = 1) -> None:
     tokenizer = make_char_tokenizer()
     ds = instruction_dataset(tokenizer, n=16)
     teacher = tiny_llama(len(tokenizer), layers=4, hidden=48, seed=1)
     student = tiny_llama(len(tokenizer), layers=2, hidden=32, seed=2)
     extra = {"hidden_weight": 1.0, "attention_weight": 0.5} if mode == "features" else {}
+    if mode == "relational":
+        extra = dict(RELATIONAL)
     if mode.startswith("cached:"):
         # Targets come from a store written beforehand by one process; lookups go by sample id on every rank.
         extra = {"teacher_logits_path": mode.split(":", 1)[1]}
@@ -39,6 +53,7 @@ def main(output_dir: str, per_device_batch: int, mode: str) -> None:
         use_cpu=True,
         report_to="none",
         per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=accumulation,
         max_steps=2,
         optim="sgd",
         learning_rate=0.5,
@@ -72,4 +87,4 @@ def main(output_dir: str, per_device_batch: int, mode: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], *(int(a) for a in sys.argv[4:]))

@@ -11,7 +11,7 @@ import torch
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 
 
-def run(output_dir, nproc, per_device_batch, mode):
+def run(output_dir, nproc, per_device_batch, mode, accumulation=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if nproc == 1:
         cmd = [sys.executable, WORKER]
@@ -27,7 +27,11 @@ def run(output_dir, nproc, per_device_batch, mode):
             WORKER,
         ]
     result = subprocess.run(
-        cmd + [str(output_dir), str(per_device_batch), mode], env=env, capture_output=True, text=True, timeout=600
+        cmd + [str(output_dir), str(per_device_batch), mode, str(accumulation)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     state = torch.load(os.path.join(output_dir, "final.pt"))
@@ -71,5 +75,29 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mo
         torch.testing.assert_close(double[name], single[name], atol=5e-6, rtol=1e-5, msg=name)
     for a, b in zip(single_logs, double_logs):
         for key in ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5), key
+
+
+def test_relation_score_rkd_and_selection_terms_are_the_same_on_two_processes(tmp_path):
+    """RKD relates the samples of a micro-batch: one process with batch 4 x accumulation 2 sees the same micro-batches
+    as two processes with batch 4 each (the other terms would also match 8 x 1)."""
+    single, single_logs = run(tmp_path / "one", 1, 4, "relational", accumulation=2)
+    double, double_logs = run(tmp_path / "two", 2, 4, "relational")
+    for name in single:
+        torch.testing.assert_close(double[name], single[name], atol=5e-6, rtol=1e-5, msg=name)
+    keys = (
+        "loss",
+        "kd_loss",
+        "attention_loss",
+        "relation_loss",
+        "rkd_distance_loss",
+        "rkd_angle_loss",
+        "selection_kept_fraction",
+        "selection_score_mean",
+    )
+    assert all(k in single_logs[0] for k in keys)
+    for a, b in zip(single_logs, double_logs):
+        for key in keys:
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-5), key

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 
-from transformers import Trainer, set_seed
+from transformers import Trainer
 
 from ..data import DistillationCollator
 from ..tasks import load_model
 from .outdir import start_run
 from .preflight import preflight
 from .resume import resume_point
-from .run import build_student
+from .run import initial_student
 from .schema import Recipe
 
 logger = logging.getLogger("llm_distill")
@@ -45,8 +45,7 @@ def finetune(recipe: Recipe) -> dict:
     from_teacher = recipe.student.get("from_teacher")
     if from_teacher is not None and not from_teacher.get("init_from"):
         teacher = load_model(args.teacher_model_name_or_path, task)
-    set_seed(args.seed)  # before the model: a random init must not depend on what was loaded before it
-    model = build_student(recipe, args, task, teacher)
+    model = initial_student(recipe, args, task, teacher)
     train_ds = checked.train_dataset.remove_columns("sample_id")
     eval_ds = checked.eval_dataset.remove_columns("sample_id") if checked.eval_dataset is not None else None
     trainer = Trainer(

@@ -226,7 +226,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
     if live or verb == "cache-logits":
         shared_vocab_size(_output_width(teacher_config, task), student_cfg, tokenizer, task)
     if live and verb != "finetune":
-        feature_distiller_for(args, student_cfg, teacher_config)
+        feature_distiller_for(args, student_cfg, teacher_config, task=task)
     peft = recipe.student.get("peft")
     if peft:
         check_lora_targets(peft, student_cfg, task)

@@ -19,6 +19,7 @@ from .preflight import Checked, preflight
 from .regimes import first_live_teacher, train_generations, train_online_stage
 from .resume import resume_point
 from .schema import Recipe, stage_recipes
+from .select import select_samples
 
 logger = logging.getLogger("llm_distill")
 
@@ -59,6 +60,13 @@ def build_student(recipe: Recipe, args, task: str, teacher):
     if peft_spec:
         student = apply_lora(student, **{k: v for k, v in peft_spec.items() if k != "merge"})
     return student
+
+
+def initial_student(recipe: Recipe, args, task: str, teacher):
+    """The run's student as it starts: seeded first, so that a random init (a narrower student, LoRA adapters) does
+    not depend on what was loaded before it, and is the same in every run of the recipe."""
+    set_seed(args.seed)
+    return build_student(recipe, args, task, teacher)
 
 
 def check_stages(recipe: Recipe, verb: str) -> list[tuple[str, Checked]]:
@@ -104,15 +112,19 @@ def train_stage(checked: Checked) -> dict:
         teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype, **attn)
     elif args.teachers and recipe.student.get("from_teacher") is not None and first_live_teacher(args):
         teacher = load_model(first_live_teacher(args), task, dtype=args.teacher_dtype)  # it shapes the student
-    set_seed(args.seed)  # before the student: a random init must not depend on what was loaded before it
-    student = build_student(recipe, args, task, teacher)
+    student = initial_student(recipe, args, task, teacher)
+    scorer = teacher  # sample-level data selection scores with it (and with the initial student) before training
     if not live:
         teacher = None  # it only shaped the student; targets come from the logit store or the teachers list
+    train_ds = select_samples(
+        args, task, checked.train_dataset, checked.tokenizer, max_length=checked.data.max_length, teacher=scorer,
+        reference=student,
+    )  # fmt: skip
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
         args=args,
-        train_dataset=checked.train_dataset,
+        train_dataset=train_ds,
         eval_dataset=checked.eval_dataset,
         processing_class=checked.tokenizer,
         teacher_processing_class=checked.teacher_tokenizer,
@@ -137,6 +149,11 @@ def cache(recipe: Recipe):
     settings = dict(recipe.cache)
     output_dir = settings.pop("output_dir", None) or args.teacher_logits_path
     teacher = load_model(args.teacher_model_name_or_path, checked.task, dtype=args.teacher_dtype)
+    # The store is written for the rows training will read: the same sample-level selection, if any.
+    train_ds = select_samples(
+        args, checked.task, checked.train_dataset, checked.tokenizer, max_length=data.max_length, teacher=teacher,
+        reference=lambda: initial_student(recipe, args, checked.task, teacher),
+    )  # fmt: skip
     accelerator = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator
@@ -145,7 +162,7 @@ def cache(recipe: Recipe):
     settings.setdefault("k", 0)
     return cache_logits(
         teacher,
-        store_dataset(checked.train_dataset, checked.eval_dataset),
+        store_dataset(train_ds, checked.eval_dataset),
         DistillationCollator(checked.tokenizer),
         output_dir=output_dir,
         temperature=args.temperature,

@@ -1,0 +1,43 @@
+"""``llm-distill score-data RECIPE``: the sample-level data-selection step alone (see ``select.py``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..data import DataConfig, build_datasets
+from ..tasks import load_model
+from .run import build_student, load_tokenizer, recipe_task
+from .schema import load_recipe
+from .select import scores_path, select_samples
+
+
+def main(argv: list[str]) -> int:
+    """``llm-distill score-data RECIPE [--key value ...]``: the sample-level scoring step alone."""
+    parser = argparse.ArgumentParser(
+        prog="llm-distill score-data",
+        description="score the recipe's training rows with its teacher (and, for excess_loss, its initial student) "
+        "and write them to data_selection.scores_path, where train and cache-logits reuse them",
+        epilog="Overrides as for train: --key value, --data_selection.keep 0.5, --dataset.max_samples 1000.",
+    )
+    parser.add_argument("recipe", nargs="?", help="YAML recipe with a data_selection block (level: sample)")
+    ns, overrides = parser.parse_known_args(argv)
+    recipe = load_recipe(ns.recipe, overrides)
+    args = recipe.training_args()
+    if args.selection is None or args.selection.level != "sample":
+        raise ValueError("score-data needs data_selection with level: sample in the recipe (or --data_selection.*)")
+    data_cfg = DataConfig.from_dict(recipe.dataset)
+    task = recipe_task(args, recipe)
+    tokenizer = load_tokenizer(recipe, args)
+    train_ds, _ = build_datasets(data_cfg, tokenizer)
+    teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)
+    selected = select_samples(
+        args,
+        task,
+        train_ds,
+        tokenizer,
+        max_length=data_cfg.max_length,
+        teacher=teacher,
+        reference=lambda: build_student(recipe, args, task, teacher),
+    )
+    print(f"{scores_path(args)}: {len(selected)} of {len(train_ds)} training rows kept")
+    return 0
