@@ -109,16 +109,19 @@ def llama_pair(char_tokenizer):
 def save_config_only_model(path, task: str, tokenizer=None, **overrides) -> str:
     """A model folder with config.json and a tokenizer but no weights: all that pre-flight (`check`) may read.
 
-    ``task``: ``"sequence_classification"`` (a 6-layer BERT, like MiniLM) or ``"causal_lm"`` (a 30-layer Llama, like
-    SmolLM2), both tiny in width.
+    ``task``: ``"sequence_classification"`` (a 6-layer BERT shaped like MiniLM) or ``"causal_lm"`` (a 30-layer Llama
+    shaped like SmolLM2).
     """
     tokenizer = tokenizer or make_char_tokenizer()
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    # The real teachers' widths and head layouts (MiniLM: 384 wide, 12 heads; SmolLM2: 576 wide, 9 query and 3
+    # key/value heads), which recipes' relation heads and layer maps are written for; no weights are made.
     if task == "sequence_classification":
-        config = BertConfig(num_hidden_layers=6, num_labels=2, max_position_embeddings=512, **common)
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
+                            num_attention_heads=12, num_labels=2, max_position_embeddings=512)  # fmt: skip
         config.architectures = ["BertForSequenceClassification"]
     else:
-        config = LlamaConfig(num_hidden_layers=30, num_key_value_heads=2, max_position_embeddings=2048, **common)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048)  # fmt: skip
         config.architectures = ["LlamaForCausalLM"]
     for key, value in overrides.items():
         setattr(config, key, value)
