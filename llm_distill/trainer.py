@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from .data import DistillationCollator
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
+from .onpolicy import OnPolicySteps, sample_reverse_kl
 from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import TeacherOutputs, build_teacher_source, model_inputs, no_logits
 from .vocab import check_tokenizers, shared_vocab_size
@@ -103,6 +105,7 @@ class DistillationTrainer(Trainer):
             self._check_fusable()
         self.teacher.place(self.accelerator, self.args.device)
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self.onpolicy = self._build_onpolicy(processing_class) if args.generates else None
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -138,6 +141,20 @@ class DistillationTrainer(Trainer):
                 "DeepSpeed ZeRO-3 shard; use loss_chunk_size=0 with them (DDP and single devices are supported)"
             )
 
+    def _build_onpolicy(self, tokenizer) -> OnPolicySteps:
+        if self.task != "causal_lm":
+            raise ValueError(f"lmbda/seq_kd generate text and need a causal LM student; this run distils {self.task}")
+        # Sharded weights are gathered collectively at every decoding step: all processes must decode equally long.
+        sharded = self.accelerator.num_processes > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        return OnPolicySteps.from_config(
+            self.args,
+            tokenizer,
+            self.student,
+            vocab_size=self.kd_vocab_size,
+            synced_gpus=sharded,
+            rank=self.accelerator.process_index,
+        )
+
     @property
     def student(self) -> nn.Module:
         """The student model itself (without the feature-distillation wrapper or distributed wrappers)."""
@@ -149,8 +166,9 @@ class DistillationTrainer(Trainer):
             # The wrapper's forward takes **inputs; the columns to keep are the student's.
             self._signature_columns = list(inspect.signature(self.model.student.forward).parameters)
         super()._set_signature_columns_if_needed()
-        # Cached-teacher lookups need the sample id; the student never sees it.
-        for column in ("sample_id", "labels"):
+        # Cached-teacher lookups and sampling seeds need the sample id, generation the prompt length; the student
+        # sees neither.
+        for column in ("sample_id", "labels", "prompt_length"):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -175,6 +193,28 @@ class DistillationTrainer(Trainer):
         if self.args.world_size > 1:
             counts = self.accelerator.gather(counts).view(-1, len(COUNT_KEYS)).sum(0)
         return dict(zip(COUNT_KEYS, counts))
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device) -> tuple[list, dict | None]:
+        """The window's micro-batches and their counts; on steps that generate, the completions are replaced by
+        generated ones *before* the window's tokens are counted, so every normalisation rule holds unchanged."""
+        if self.onpolicy is None:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = list(itertools.islice(epoch_iterator, num_batches))
+        batch_samples = self.onpolicy.prepare_window(
+            batch_samples, step=self.state.global_step, student=self.student, teacher=self.teacher.model
+        )
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
+    def _sample_kl(self, mask: torch.Tensor, teacher_out: TeacherOutputs, student_out) -> torch.Tensor:
+        """Sum of KL(p_S || p_T) at T = 1 over the counted tokens of a batch (for the on-policy log)."""
+        if self.fused:
+            head = self.student.get_output_embeddings()
+            hidden = student_out["hidden_states"][-1]
+            return sample_reverse_kl(
+                mask, teacher_out, hidden=hidden, head=head, vocab_size=self.kd_vocab_size,
+                chunk_size=self.args.loss_chunk_size,
+            )  # fmt: skip
+        return sample_reverse_kl(mask, teacher_out, logits=student_out["logits"], vocab_size=self.kd_vocab_size)
 
     def _teacher_targets(self, inputs: dict) -> TeacherOutputs:
         kwargs = {"want_final_hidden": self.fused}
@@ -236,6 +276,10 @@ class DistillationTrainer(Trainer):
             )
 
         local_tokens = mask.sum()
+        if self.onpolicy is not None and mode == "train":
+            self.onpolicy.record_sample_kl(
+                inputs, lambda: self._sample_kl(mask, teacher_out, student_out), local_tokens
+            )
         if mode == "train" and isinstance(num_items_in_batch, dict):
             counts = num_items_in_batch
             # DDP/FSDP/DeepSpeed average gradients over processes; the window count already spans all of them.
@@ -284,7 +328,12 @@ class DistillationTrainer(Trainer):
             if "agree" in sums:
                 logs[f"{prefix}agreement"] = agree / tokens
             self._metrics[mode].clear()
+        if self.onpolicy is not None and mode == "train":
+            logs.update(self.onpolicy.logs(self._sum_over_processes, self.args.device))
         super().log(logs, start_time)
+
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(values, reduction="sum") if self.args.world_size > 1 else values
 
     # ---- saving -----------------------------------------------------------------------------------------------
 
@@ -308,6 +357,7 @@ class DistillationTrainer(Trainer):
             },
             "layer_map": args.layer_map if args.uses_features else None,
             "kd_vocab_size": self.kd_vocab_size,
+            "generation": self.onpolicy.describe() if self.onpolicy is not None else None,
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

@@ -12,17 +12,13 @@ from datasets import Dataset
 
 from .config import DataConfig
 from .load import load_raw
-
-
-def _require_columns(ds: Dataset, columns: list[str | None]) -> None:
-    missing = [c for c in columns if c and c not in ds.column_names]
-    if missing:
-        raise ValueError(f"dataset has no column(s) {missing}; available: {ds.column_names} (set dataset.*_column)")
+from .prompts import tokenize_prompt_completion
+from .rows import require_columns, token_ids
 
 
 def tokenize_text(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Plain text for causal LMs: pack into ``max_length`` blocks (documents joined by EOS) or truncate."""
-    _require_columns(ds, [cfg.text_column])
+    require_columns(ds, [cfg.text_column])
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
     def encode(batch):
@@ -41,7 +37,7 @@ def tokenize_text(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
 
 def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Prompt/response or chat records; prompt tokens get label -100 so only the response is distilled."""
-    _require_columns(ds, [cfg.messages_column] if cfg.messages_column else [cfg.prompt_column, cfg.response_column])
+    require_columns(ds, [cfg.messages_column] if cfg.messages_column else [cfg.prompt_column, cfg.response_column])
 
     def encode(row):
         if cfg.messages_column:
@@ -50,7 +46,7 @@ def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
                 raise ValueError(f"{cfg.messages_column}: the last message must be the assistant's reply")
             prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
             full = tokenizer.apply_chat_template(messages, tokenize=True)
-            prompt, full = list(_ids(prompt)), list(_ids(full))
+            prompt, full = token_ids(prompt), token_ids(full)
         else:
             prompt = tokenizer(row[cfg.prompt_column])["input_ids"]
             response = tokenizer(row[cfg.response_column], add_special_tokens=False)["input_ids"]
@@ -65,13 +61,9 @@ def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     return ds.map(encode, remove_columns=ds.column_names, desc="tokenize")
 
 
-def _ids(encoded):
-    return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
-
-
 def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Single sentences or sentence pairs with an integer class label."""
-    _require_columns(ds, [cfg.text_column, cfg.text_pair_column, cfg.label_column])
+    require_columns(ds, [cfg.text_column, cfg.text_pair_column, cfg.label_column])
 
     def encode(batch):
         pair = batch[cfg.text_pair_column] if cfg.text_pair_column else None
@@ -82,7 +74,12 @@ def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
 
 
-ENCODERS = {"text": tokenize_text, "instruction": tokenize_instruction, "classification": tokenize_classification}
+ENCODERS = {
+    "text": tokenize_text,
+    "instruction": tokenize_instruction,
+    "classification": tokenize_classification,
+    "prompt_completion": tokenize_prompt_completion,
+}
 
 
 def with_sample_ids(ds: Dataset, start: int = 0) -> Dataset:
