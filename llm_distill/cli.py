@@ -18,6 +18,7 @@ commands:
   train RECIPE.yaml [--key value ...]         distil a student (keys: DistillationConfig fields, dataset.*, student.*)
   finetune RECIPE.yaml [--key value ...]      plain cross-entropy fine-tuning (teachers, no-teacher baselines)
   cache-logits RECIPE.yaml [--key value ...]  run the teacher once and store its top-k logits
+  generate RECIPE.yaml [--key value ...]      the teacher's completions of the prompts (sequence-level KD data)
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
   eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
@@ -28,6 +29,7 @@ RECIPE_VERBS = {
     "train": "distil a student: every stage of the recipe, resuming an interrupted run from its last checkpoint",
     "finetune": "plain cross-entropy fine-tuning of the recipe's student (teachers, no-teacher baselines)",
     "cache-logits": "run the recipe's teacher once over its train (+ eval) rows and write a logit store",
+    "generate": "run the recipe's teacher over its training prompts and write its completions (sequence-level KD)",
     "check": "parse and validate a recipe (and its overrides) without loading any model",
 }
 
@@ -72,6 +74,10 @@ def run_recipe_verb(verb: str, argv: list[str]) -> int:
         from .recipes.run import cache
 
         print(cache(recipe))
+    elif verb == "generate":
+        from .recipes.generate import generate
+
+        print(generate(recipe))
     else:
         from .data import DataConfig
 
