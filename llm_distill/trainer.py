@@ -21,7 +21,7 @@ from .data import DistillationCollator
 from .features import FeatureDistiller, StudentWithFeatures, prepare_for_feature_distillation
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
-from .onpolicy import OnPolicySteps, sample_reverse_kl
+from .onpolicy import OnPolicySteps, kd_is_sample_kl, sample_reverse_kl
 from .tasks import infer_task, load_model, real_token_mask, targets
 from .teacher import TeacherOutputs, build_teacher_source, model_inputs, no_logits
 from .vocab import check_tokenizers, shared_vocab_size
@@ -205,14 +205,17 @@ class DistillationTrainer(Trainer):
         )
         return batch_samples, self._get_num_items_in_batch(batch_samples, device)
 
-    def _sample_kl(self, mask: torch.Tensor, teacher_out: TeacherOutputs, student_out) -> torch.Tensor:
+    def _sample_kl(self, mask: torch.Tensor, teacher_out: TeacherOutputs, student_out, kd_sum) -> torch.Tensor:
         """Sum of KL(p_S || p_T) at T = 1 over the counted tokens of a batch (for the on-policy log)."""
+        args = self.args
+        if kd_is_sample_kl(args.kd_loss, args.jsd_beta, args.temperature):
+            return kd_sum.detach()
         if self.fused:
             head = self.student.get_output_embeddings()
             hidden = student_out["hidden_states"][-1]
             return sample_reverse_kl(
                 mask, teacher_out, hidden=hidden, head=head, vocab_size=self.kd_vocab_size,
-                chunk_size=self.args.loss_chunk_size,
+                chunk_size=args.loss_chunk_size,
             )  # fmt: skip
         return sample_reverse_kl(mask, teacher_out, logits=student_out["logits"], vocab_size=self.kd_vocab_size)
 
@@ -278,7 +281,7 @@ class DistillationTrainer(Trainer):
         local_tokens = mask.sum()
         if self.onpolicy is not None and mode == "train":
             self.onpolicy.record_sample_kl(
-                inputs, lambda: self._sample_kl(mask, teacher_out, student_out), local_tokens
+                inputs, lambda: self._sample_kl(mask, teacher_out, student_out, kd_sum), local_tokens
             )
         if mode == "train" and isinstance(num_items_in_batch, dict):
             counts = num_items_in_batch

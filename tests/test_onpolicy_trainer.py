@@ -2,6 +2,7 @@
 and resume hold on generated completions, generation sees the current weights, a logit store is refused."""
 
 import copy
+import json
 import os
 
 import pytest
@@ -205,6 +206,12 @@ def test_resume_in_the_middle_reproduces_the_uninterrupted_run(tmp_path, char_to
     torch.testing.assert_close(flat_params(resumed.model), flat_params(full.model), atol=1e-6, rtol=1e-5)
     fractions = [log["onpolicy_fraction"] for log in full.state.log_history if "onpolicy_fraction" in log]
     assert fractions == [float(s) for s in sources]
+    resumed.save_model(str(tmp_path / "export"))
+    meta = json.loads((tmp_path / "export" / "distillation.json").read_text())
+    assert meta["generation"] == dict(
+        lmbda=0.5, seq_kd=False, max_new_tokens=6, generation_temperature=1.0, top_p=1.0, top_k=0
+    )
+    assert "generated completions: lmbda 0.5" in (tmp_path / "export" / "README.md").read_text()
 
 
 def test_seq_kd_on_the_fly_trains_on_the_teachers_completions(tmp_path, char_tokenizer):

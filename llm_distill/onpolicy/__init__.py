@@ -16,7 +16,7 @@ from .generation import (
     eos_ids_of,
     row_seed,
 )
-from .steps import OnPolicySteps, on_policy_step, sample_reverse_kl
+from .steps import OnPolicySteps, kd_is_sample_kl, on_policy_step, sample_reverse_kl
 
 __all__ = [
     "SOURCE_KEY",
@@ -29,6 +29,7 @@ __all__ = [
     "completion_batch",
     "cut_at_eos",
     "eos_ids_of",
+    "kd_is_sample_kl",
     "on_policy_step",
     "prompt_lengths",
     "row_seed",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..losses.divergences import divergence
+from ..losses.fused.kernels import resolve_kind
 from ..losses.terms import fused_logit_terms
 from .batch import SOURCE_KEY, batch_prompts, completion_batch
 from .generation import GenerationBackend, SamplingSettings, TransformersBackend, eos_ids_of, row_seed
@@ -164,6 +165,11 @@ class OnPolicySteps:
         if totals["kl_tokens"]:
             logs["sample_reverse_kl"] = totals["kl"] / totals["kl_tokens"]
         return logs
+
+
+def kd_is_sample_kl(kind: str, beta: float, temperature: float) -> bool:
+    """Whether the KD sum already is the logged sample KL (reverse KL at T = 1, where T^2 = 1): no second pass."""
+    return resolve_kind(kind, beta) == "reverse_kl" and temperature == 1.0
 
 
 def sample_reverse_kl(
