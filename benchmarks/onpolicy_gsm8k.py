@@ -52,7 +52,7 @@ def evaluate(teacher: str, student: str, ns) -> tuple[dict, str]:
     output = os.path.join(student, "onpolicy.json")
     argv = ["eval", "onpolicy", "--teacher", teacher, "--student", student, "--prompts", TEST]
     argv += ["--limit", str(ns.eval_prompts), "--max-new-tokens", str(ns.max_new_tokens), "--temperature", "1.0"]
-    argv += ["--seed", "0", "--batch-size", "8", "--device", "cpu", "--output", output]
+    argv += ["--seed", "0", "--batch-size", "16", "--device", "cpu", "--output", output]
     if not os.path.exists(output):
         start = time.perf_counter()
         _main(argv)

@@ -4,12 +4,14 @@ import copy
 import json
 
 import pytest
+import torch
 from conftest import tiny_llama
 from test_onpolicy_generation import favour
 
 from llm_distill.evaluation import eval_main
-from llm_distill.evaluation.onpolicy import gsm8k_reference, last_number, onpolicy_metrics
-from llm_distill.onpolicy import SamplingSettings
+from llm_distill.evaluation.onpolicy import completion_logits, gsm8k_reference, last_number, onpolicy_metrics
+from llm_distill.onpolicy import SamplingSettings, completion_batch
+from llm_distill.tasks import targets
 
 PROMPTS = ["What is 2+2?", "Name a colour:", "Say hi:", "x"]
 
@@ -71,3 +73,18 @@ def test_the_verb_runs_from_saved_folders(tmp_path, char_tokenizer):
     assert eval_main(argv) == 0
     result = json.loads(out.read_text())
     assert result["num_prompts"] == 3 and result["exact_match"] is not None and result["sample_reverse_kl"] > 0
+
+
+def test_prompt_once_scoring_equals_scoring_every_prompt_and_completion_in_full(char_tokenizer):
+    model = tiny_llama(len(char_tokenizer), seed=3).eval()
+    prompts = [char_tokenizer(p)["input_ids"] for p in PROMPTS]
+    first = [[5, 9, 3], [7], [11, 12, 13, 14, 3], [20, 21]]
+    second = [[8], [30, 31, 32], [40, 3], [50, 51, 52, 53, 54, 55]]
+    got = completion_logits(model, prompts, [first, second], char_tokenizer.pad_token_id)
+    for completions, logits in zip((first, second), got):
+        batch = completion_batch(prompts, completions, char_tokenizer.pad_token_id, "cpu")
+        mask, labels = targets(batch, "causal_lm")
+        with torch.no_grad():
+            full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert labels[mask].tolist() == [t for c in completions for t in c]
+        torch.testing.assert_close(logits, full[mask], atol=2e-5, rtol=1e-4)

@@ -29,8 +29,8 @@ from torch import nn
 
 from ..data import render_prompt
 from ..losses import divergence, hard_ce
-from ..onpolicy import SamplingSettings, TransformersBackend, completion_batch, eos_ids_of, row_seed
-from ..tasks import targets
+from ..onpolicy import SamplingSettings, TransformersBackend, eos_ids_of, row_seed
+from ..onpolicy.generation import left_pad
 from ..vocab import check_tokenizers, shared_vocab_size
 from .common import check_columns, load_table, rnd, write_json
 from .perplexity import load_causal_lm
@@ -70,24 +70,67 @@ def _length_stats(completions: list[list[int]], eos_ids: Sequence[int]) -> dict:
 
 
 @torch.no_grad()
-def _score(teacher, student, prompts, completions, *, pad_id: int, vocab: int | None, batch_size: int):
-    """(sum of KL(p_S || p_T), sum of teacher NLL, counted tokens) over the completions' tokens."""
-    device = next(student.parameters()).device
+def completion_logits(
+    model: nn.Module, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_id: int
+) -> list[torch.Tensor]:
+    """The model's logits predicting every token of several completions of each prompt, the prompt run once.
+
+    ``completions[j][i]`` is the j-th completion of prompt i. Returns, per j, ``(sum of lengths, V)`` logits in row
+    order: logits at position t predict token t + 1, so the first completion token is predicted from the prompt's
+    last position and the completion's last token is never fed. The prompts are left-padded and run once with a KV
+    cache (logits of the last position only); the cache is repeated for the k completions of each prompt, which
+    continue at each row's own positions. Equal to scoring every prompt + completion in full (tested), at about half
+    the cost when prompts are longer than completions.
+    """
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prefix = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    first = prefix.logits[:, -1]
+    k, n = len(completions), len(prompts)
+    rows = [completions[j][i] for i in range(n) for j in range(k)]  # interleaved: the cache repeats each row k times
+    width = max(len(c) for c in rows) - 1
+    rest = None
+    if width > 0:
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(k)
+        fed = torch.full((n * k, width), pad_id, dtype=torch.long, device=device)
+        fed_mask = torch.zeros_like(fed)
+        for r, c in enumerate(rows):
+            fed[r, : len(c) - 1] = torch.as_tensor(c[:-1], dtype=torch.long)
+            fed_mask[r, : len(c) - 1] = 1
+        start = mask.sum(-1).repeat_interleave(k)[:, None]
+        rest = model(
+            input_ids=fed,
+            attention_mask=torch.cat([mask.repeat_interleave(k, 0), fed_mask], dim=1),
+            position_ids=start + torch.arange(width, device=device),
+            cache=cache,
+            use_cache=True,
+        ).logits
+    out = [[] for _ in range(k)]
+    for r, c in enumerate(rows):
+        i, j = divmod(r, k)
+        out[j].append(first[i : i + 1])
+        if len(c) > 1:
+            out[j].append(rest[r, : len(c) - 1])
+    return [torch.cat(parts) for parts in out]
+
+
+def _score(teacher, student, prompts, sampled, greedy, *, pad_id: int, vocab: int | None, batch_size: int):
+    """(sum of KL(p_S || p_T) over the sampled completions' tokens, sum of the teacher's NLL of the greedy ones)."""
     kl = nll = 0.0
-    count = 0
     for start in range(0, len(prompts), batch_size):
-        batch = completion_batch(
-            prompts[start : start + batch_size], completions[start : start + batch_size], pad_id, device
+        chunk = slice(start, start + batch_size)
+        t_sampled, t_greedy = completion_logits(teacher, prompts[chunk], [sampled[chunk], greedy[chunk]], pad_id)
+        (s_sampled,) = completion_logits(student, prompts[chunk], [sampled[chunk]], pad_id)
+        kl += float(
+            divergence(
+                s_sampled[:, :vocab], t_sampled[:, :vocab], kind="reverse_kl", reduction="sum", scale_by_t2=False
+            )
         )
-        mask, labels = targets(batch, "causal_lm")
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        # Only the counted rows are kept: the completions' positions, from the last prompt token on.
-        t = teacher(**inputs).logits[mask][..., :vocab]
-        s = student(**inputs).logits[mask][..., :vocab]
-        kl += float(divergence(s, t, kind="reverse_kl", temperature=1.0, reduction="sum", scale_by_t2=False))
-        nll += float(hard_ce(t, labels[mask], reduction="sum"))
-        count += int(mask.sum())
-    return kl, nll, count
+        tokens = torch.tensor([t for c in greedy[chunk] for t in c], device=t_greedy.device)
+        nll += float(hard_ce(t_greedy[:, :vocab], tokens, reduction="sum"))
+    return kl, nll
 
 
 def onpolicy_metrics(
@@ -123,8 +166,8 @@ def onpolicy_metrics(
         seeds = [row_seed(seed, i) for i in range(start, start + len(chunk))]
         sampled += backend.generate(student, chunk, seeds, settings)
         greedy += backend.generate(student, chunk, seeds, greedy_settings)
-    kl, _, kl_tokens = _score(teacher, student, ids, sampled, pad_id=pad, vocab=vocab, batch_size=batch_size)
-    _, nll, nll_tokens = _score(teacher, student, ids, greedy, pad_id=pad, vocab=vocab, batch_size=batch_size)
+    kl, nll = _score(teacher, student, ids, sampled, greedy, pad_id=pad, vocab=vocab, batch_size=batch_size)
+    kl_tokens, nll_tokens = sum(len(c) for c in sampled), sum(len(c) for c in greedy)
     result = {
         "num_prompts": len(ids),
         "max_new_tokens": settings.max_new_tokens,
