@@ -266,3 +266,12 @@ def test_a_logit_store_is_refused_before_any_model_loads(tmp_path, extra):
 def test_generation_settings_are_checked(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         DistillationConfig(output_dir=str(tmp_path), **kwargs)
+
+
+def test_an_off_policy_step_on_prompt_only_rows_is_reported(tmp_path, char_tokenizer, caplog):
+    trainer = make_trainer(tmp_path, char_tokenizer, lmbda=1e-12)
+    batch = next(iter(trainer.get_train_dataloader()))
+    batch["labels"] = torch.full_like(batch["labels"], -100)  # prompts only
+    with caplog.at_level("WARNING"):
+        trainer.onpolicy.prepare_window([batch], step=0, student=trainer.student, teacher=None)
+    assert "no completion tokens to learn from" in caplog.text

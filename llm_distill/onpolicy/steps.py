@@ -9,6 +9,7 @@ before the window's counted tokens are summed, so the generated completions are 
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from ..losses.fused.kernels import resolve_kind
 from ..losses.terms import fused_logit_terms
 from .batch import SOURCE_KEY, batch_prompts, completion_batch
 from .generation import GenerationBackend, SamplingSettings, TransformersBackend, eos_ids_of, row_seed
+
+logger = logging.getLogger(__name__)
 
 STUDENT, TEACHER = "student", "teacher"
 # Salts that keep the streams of the step choice and of each source apart.
@@ -118,7 +121,18 @@ class OnPolicySteps:
         self._since = now if self._since is None else self._since
         self._sums["steps"] += 1
         source = self.source(step)
-        if source is None or not batches:
+        if source is None:
+            labelled = [b["labels"] for b in batches if b.get("labels") is not None]
+            if (
+                batches
+                and len(labelled) == len(batches)
+                and not any(bool((labels != -100).any()) for labels in labelled)
+            ):
+                logger.warning(
+                    "off-policy step %d has no completion tokens to learn from (prompt-only rows?): it trains on "
+                    "nothing; use lmbda=1 or seq_kd=true with prompt-only data",
+                    step,
+                )
             return batches
         model = student if source == STUDENT else teacher
         if model is None:
