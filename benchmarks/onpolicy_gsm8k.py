@@ -88,6 +88,7 @@ def mean_log(run_dir: str, key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/onpolicy_gsm8k")
+    parser.add_argument("--teacher", default="assets/smollm2-135m", help="SmolLM2-135M-Instruct folder")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=4)
@@ -103,9 +104,9 @@ def main() -> None:
             ns.out + "_tiny", 2, 2, 2, 4, 4,
         )  # fmt: skip
     os.chdir(ROOT)
-    from llm_distill.assets import fetch
-
-    teacher = fetch("smollm2", "assets/smollm2-135m")
+    teacher = ns.teacher
+    if not os.path.exists(os.path.join(teacher, "config.json")):
+        raise SystemExit(f"no teacher at {teacher}: run `llm-distill fetch-teacher smollm2 --output {teacher}` first")
     rows = ns.steps * ns.batch_size
     common = [
         "--teacher_model_name_or_path", teacher,
