@@ -1,6 +1,10 @@
 """Generation: per-row seeded samples whatever the batch, left padding, cut at EOS, current weights, eval mode."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -108,3 +112,18 @@ def test_settings_are_checked_with_their_names():
         SamplingSettings(temperature=-1)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         SamplingSettings(max_new_tokens=0)
+
+
+def test_a_student_sharded_with_fsdp2_samples_in_step_on_every_process(tmp_path):
+    """Two CPU processes (gloo), the student sharded with FSDP2: one process's row stops at EOS after a token while
+    the other decodes on; with synced_gpus both keep gathering weights together (no hang) and each samples exactly
+    what the unsharded model samples."""
+    worker = os.path.join(os.path.dirname(__file__), "fsdp_generation_worker.py")
+    port = str(29600 + os.getpid() % 1000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port, worker]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([*cmd, str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(run["sharded"] == run["unsharded"] for run in runs)
+    assert len(runs[0]["sharded"][0]) == 10 and runs[1]["sharded"][0] == [3]  # 3: the char tokenizer's EOS
