@@ -122,9 +122,8 @@ def main() -> None:
         "--logging_steps", "1",
     ]  # fmt: skip
     completions_dir = f"{ns.out}/teacher-completions"
-    gen_s, gen_cmd = run_timed(
-        "generate", RECIPE, [*common, "--generate.output_dir", completions_dir], completions_dir
-    )
+    generate = [*common, "--generate.output_dir", completions_dir, "--generate.batch_size", "16"]
+    gen_s, gen_cmd = run_timed("generate", RECIPE, generate, completions_dir)
     data = {"dataset": [], "teacher": ["--dataset.path", f"{completions_dir}/completions.jsonl"]}
 
     table = []
