@@ -43,6 +43,9 @@ class DistillationTrainer(Trainer):
     4) produce the same update. KD/CE count labelled target positions; feature terms count real tokens x mapped
     layers.
 
+    With ``lmbda > 0`` (or ``seq_kd``) some optimizer steps train on completions generated for the window's prompts
+    (``onpolicy.OnPolicySteps``, called from ``get_batch_samples`` before the window is counted).
+
     With hidden/attention terms, ``self.model`` is a ``StudentWithFeatures`` holding the student and the
     projections: the optimizer, checkpoints and distributed wrappers see the projections, while ``save_model``
     exports the student alone.
