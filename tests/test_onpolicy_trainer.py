@@ -58,7 +58,7 @@ def test_lmbda_0_is_exactly_the_off_policy_run(tmp_path, char_tokenizer):
     assert runs["on_policy"][0].state.log_history[0]["onpolicy_fraction"] == 1.0
 
 
-@pytest.mark.parametrize("kd_loss", ["reverse_kl", "forward_kl", "jsd"])
+@pytest.mark.parametrize("kd_loss", ["reverse_kl", "jsd"])
 def test_a_student_identical_to_the_teacher_has_zero_loss_on_its_own_samples(tmp_path, char_tokenizer, kd_loss):
     teacher = tiny_llama(len(char_tokenizer), seed=2)
     student = copy.deepcopy(teacher)
@@ -138,12 +138,11 @@ def test_tokens_after_eos_never_count(tmp_path, char_tokenizer):
     assert int(counts["kd_tokens"]) == 4 and trainer.onpolicy.logs(lambda t: t, "cpu")["completion_length"] == 1.0
 
 
-@pytest.mark.parametrize("layout", [(2, 2), (1, 4)])
-def test_generated_windows_do_not_depend_on_batching_or_accumulation(tmp_path, char_tokenizer, layout):
+def test_generated_windows_do_not_depend_on_batching_or_accumulation(tmp_path, char_tokenizer):
     """Batch 4 x accumulation 1 (left-padded prompts of different lengths), 2 x 2 and 1 x 4 (each row alone) sample
     the same completions and take the same step: per-row seeds, and the window count spans the accumulation."""
-    results = {}
-    for bs, ga in [(4, 1), layout]:
+    results = []
+    for bs, ga in [(4, 1), (2, 2), (1, 4)]:
         trainer = make_trainer(
             tmp_path / f"{bs}x{ga}",
             char_tokenizer,
@@ -157,10 +156,11 @@ def test_generated_windows_do_not_depend_on_batching_or_accumulation(tmp_path, c
         window, counts = first_window(trainer, ga)
         rows = [ids[m.bool()].tolist() for b in window for ids, m in zip(b["input_ids"], b["attention_mask"])]
         trainer.train()
-        results[(bs, ga)] = rows, int(counts["kd_tokens"]), flat_params(trainer.model)
-    (rows_a, count_a, weights_a), (rows_b, count_b, weights_b) = results.values()
-    assert rows_a == rows_b and count_a == count_b
-    torch.testing.assert_close(weights_b, weights_a, atol=2e-6, rtol=1e-5)
+        results.append((rows, int(counts["kd_tokens"]), flat_params(trainer.model)))
+    rows, count, weights = results[0]
+    for other_rows, other_count, other_weights in results[1:]:
+        assert other_rows == rows and other_count == count
+        torch.testing.assert_close(other_weights, weights, atol=2e-6, rtol=1e-5)
 
 
 def test_generation_uses_the_current_weights_in_eval_mode(tmp_path, char_tokenizer):
