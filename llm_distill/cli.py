@@ -21,8 +21,9 @@ commands:
   finetune RECIPE.yaml [--key value ...]      plain cross-entropy fine-tuning (teachers, no-teacher baselines)
   cache-logits RECIPE.yaml [--key value ...]  run the teacher once and store its top-k logits
   score-data RECIPE.yaml [--key value ...]    score the training rows for sample-level data selection
+  generate RECIPE.yaml [--key value ...]      the teacher's completions of the prompts (sequence-level KD data)
   check RECIPE.yaml [--key value ...]         parse and validate a recipe without loading models
-  eval {classification,perplexity,harness,distill} ...   evaluate a saved model (eval VERB --help)
+  eval {classification,perplexity,harness,distill,onpolicy} ...   evaluate a saved model (eval VERB --help)
   report --teacher DIR --student DIR [DIR ...] ...       teacher vs students: report.json, report.md, plots
   plan RECIPE.yaml [--devices N] [--device-memory 80GB] [--strategy S] [--device NAME] [--key value ...]
                                               memory per device and time per step, before any GPU is rented
@@ -36,6 +37,7 @@ RECIPE_VERBS = {
     "train": "distil a student: every stage of the recipe, resuming an interrupted run from its last checkpoint",
     "finetune": "plain cross-entropy fine-tuning of the recipe's student (teachers, no-teacher baselines)",
     "cache-logits": "run the recipe's teacher once over its train (+ eval) rows and write a logit store",
+    "generate": "run the recipe's teacher over its training prompts and write its completions (sequence-level KD)",
     "check": "run the pre-flight of `train` (settings, data, model configs, layer maps, LoRA targets, output folder, "
     "logit store) and nothing more: no weights are loaded",
 }
@@ -103,6 +105,10 @@ def run_recipe_verb(verb: str, argv: list[str]) -> int:
         from .recipes.run import cache
 
         print(cache(recipe))
+    elif verb == "generate":
+        from .recipes.generate import generate
+
+        print(generate(recipe))
     else:
         from .recipes.run import check_stages
 

@@ -12,6 +12,7 @@ from .checks import check_choice, check_non_negative
 from .losses.divergences import DIVERGENCE_KINDS, check_kind, check_temperature
 from .losses.features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS
 from .losses.relations import POOLINGS, RELATION_KINDS
+from .onpolicy.generation import check_sampling
 from .selection.spec import DataSelection
 from .tasks import DTYPES, TASKS
 
@@ -245,6 +246,37 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    # --- on-policy distillation and sequence-level KD (named as in TRL's GKD) --------------------------------
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction in [0, 1] of optimizer steps trained on completions the student samples itself "
+            "(GKD's lambda): 0 = off-policy on the dataset's completions, 1 = fully on-policy. Which steps is decided "
+            "from the seed and the step, the same on every process and after a resume. Causal LMs, live teacher."
+        },
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={
+            "help": "Sequence-level KD on the fly: the steps that are not on-policy train on completions the teacher "
+            "samples (with the settings below) instead of the dataset's. `llm-distill generate` writes them once."
+        },
+    )
+    max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens a generated completion has (it ends earlier at EOS)."}
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature of generated completions (0 = greedy). Separate from `temperature`, "
+            "which softens both distributions in the loss."
+        },
+    )
+    top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling mass in (0, 1] for generated completions (1 = off)."}
+    )
+    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens only (0 = off)."})
+
     def __post_init__(self):
         super().__post_init__()
         check_kind(self.kd_loss, self.jsd_beta, kind_field="kd_loss", beta_field="jsd_beta")
@@ -280,6 +312,23 @@ class DistillationConfig(TrainingArguments):
                 "set both to 0 or use teacher_model_name_or_path"
             )
         self._check_who_teaches()
+        self._check_generation()
+
+    def _check_generation(self) -> None:
+        if not isinstance(self.lmbda, int | float) or isinstance(self.lmbda, bool) or not 0 <= self.lmbda <= 1:
+            raise ValueError(f"lmbda={self.lmbda!r} is not accepted; use a fraction of steps in [0, 1] (0 = off)")
+        check_sampling(self.max_new_tokens, self.generation_temperature, self.top_p, self.top_k)
+        if not self.generates:
+            return
+        what = f"lmbda={self.lmbda}" if self.lmbda > 0 else "seq_kd=True"
+        if self.teacher_logits_path:
+            raise ValueError(
+                f"{what} needs a live teacher to score newly generated text, but teacher_logits_path="
+                f"{self.teacher_logits_path!r} is a store of logits for fixed text; use teacher_model_name_or_path, "
+                "or set lmbda=0 and seq_kd=false (`llm-distill generate` writes teacher completions once)"
+            )
+        if self.task not in ("auto", "causal_lm"):
+            raise ValueError(f"{what} generates text and needs task=causal_lm (or auto), got task={self.task!r}")
 
     def _check_who_teaches(self) -> None:
         """The "who teaches" section: one regime at a time, each with what it needs."""
@@ -393,6 +442,11 @@ class DistillationConfig(TrainingArguments):
                 "rkd_angle_weight",
             )
         )
+
+    @property
+    def generates(self) -> bool:
+        """Some optimizer steps train on generated completions (on-policy or sequence-level KD on the fly)."""
+        return self.lmbda > 0 or self.seq_kd
 
 
 def normalize_teacher_specs(value) -> list[dict]:

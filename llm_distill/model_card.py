@@ -37,6 +37,12 @@ def write_model_card(output_dir: str, meta: dict, log_history: list[dict]) -> No
     ]
     if meta.get("layer_map") is not None:
         lines.append(f"- layer map: `{meta['layer_map']}`")
+    if meta.get("generation"):
+        g = meta["generation"]
+        lines.append(
+            f"- generated completions: lmbda {g['lmbda']:g} (student samples), seq_kd {g['seq_kd']}, up to "
+            f"{g['max_new_tokens']} tokens at sampling temperature {g['generation_temperature']:g}"
+        )
     metrics = _last_metrics(log_history)
     if metrics:
         lines += ["", "## Last logged metrics", "", "| metric | value |", "|---|---|"]

@@ -32,7 +32,12 @@ CLASS_SUFFIXES = (
     ("ForSequenceClassification", "sequence_classification"),
 )
 # The dataset kinds of ``DataConfig.task`` and the model task each one trains by default.
-DATA_TASKS = {"text": "causal_lm", "instruction": "causal_lm", "classification": "sequence_classification"}
+DATA_TASKS = {
+    "text": "causal_lm",
+    "instruction": "causal_lm",
+    "classification": "sequence_classification",
+    "prompt_completion": "causal_lm",
+}
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ from .features import (
 )
 from .losses.terms import dense_logit_terms, fused_logit_terms
 from .model_card import write_model_card
+from .onpolicy import OnPolicySteps, kd_is_sample_kl, sample_reverse_kl
 from .selection.tokens import SUM_KEYS as SELECTION_SUM_KEYS
 from .selection.tokens import TokenSelection, selection_logs
 from .tasks import infer_task, load_model, real_token_mask, targets
@@ -71,6 +73,9 @@ class DistillationTrainer(Trainer):
     window on all processes, so that batch 8 x accumulation 1 and batch 4 x accumulation 2 (or 2 processes x batch
     4) produce the same update. KD/CE count labelled target positions; feature terms count real tokens x mapped
     layers.
+
+    With ``lmbda > 0`` (or ``seq_kd``) some optimizer steps train on completions generated for the window's prompts
+    (``onpolicy.OnPolicySteps``, called from ``get_batch_samples`` before the window is counted).
 
     With hidden/attention terms, ``self.model`` is a ``StudentWithFeatures`` holding the student and the
     projections: the optimizer, checkpoints and distributed wrappers see the projections, while ``save_model``
@@ -139,6 +144,7 @@ class DistillationTrainer(Trainer):
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
         if isinstance(self.teacher, TrainedTeacherSource):
             self.add_callback(TeacherStepCallback(self))
+        self.onpolicy = self._build_onpolicy(processing_class) if args.generates else None
 
     # ---- setup ------------------------------------------------------------------------------------------------
 
@@ -183,6 +189,20 @@ class DistillationTrainer(Trainer):
             return False
         raise ValueError(f"loss_chunk_size={chunk} asks for the fused loss, but {reason}; set loss_chunk_size=0")
 
+    def _build_onpolicy(self, tokenizer) -> OnPolicySteps:
+        if self.task != "causal_lm":
+            raise ValueError(f"lmbda/seq_kd generate text and need a causal LM student; this run distils {self.task}")
+        # Sharded weights are gathered collectively at every decoding step: all processes must decode equally long.
+        sharded = self.accelerator.num_processes > 1 and (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        return OnPolicySteps.from_config(
+            self.args,
+            tokenizer,
+            self.student,
+            vocab_size=self.kd_vocab_size,
+            synced_gpus=sharded,
+            rank=self.accelerator.process_index,
+        )
+
     @property
     def student(self) -> nn.Module:
         """The student model itself (without the feature-distillation wrapper or distributed wrappers)."""
@@ -194,8 +214,9 @@ class DistillationTrainer(Trainer):
             # The wrapper's forward takes **inputs; the columns to keep are the student's.
             self._signature_columns = list(inspect.signature(self.model.student.forward).parameters)
         super()._set_signature_columns_if_needed()
-        # Teacher sources read these columns (store lookups, context prompts, routing); the student never sees them.
-        for column in (*TEACHER_BATCH_KEYS, "labels"):
+        # Teacher sources read these columns (store lookups, context prompts, routing), sampling seeds the sample
+        # id and generation the prompt length; the student never sees them.
+        for column in (*TEACHER_BATCH_KEYS, "labels", "prompt_length"):
             if column not in self._signature_columns:
                 self._signature_columns.append(column)
 
@@ -221,6 +242,31 @@ class DistillationTrainer(Trainer):
         if self.args.world_size > 1:
             counts = self.accelerator.gather(counts).view(-1, len(COUNT_KEYS)).sum(0)
         return dict(zip(COUNT_KEYS, counts))
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device) -> tuple[list, dict | None]:
+        """The window's micro-batches and their counts; on steps that generate, the completions are replaced by
+        generated ones *before* the window's tokens are counted, so every normalisation rule holds unchanged."""
+        if self.onpolicy is None:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        batch_samples = list(itertools.islice(epoch_iterator, num_batches))
+        batch_samples = self.onpolicy.prepare_window(
+            batch_samples, step=self.state.global_step, student=self.student, teacher=self.teacher.model
+        )
+        return batch_samples, self._get_num_items_in_batch(batch_samples, device)
+
+    def _sample_kl(self, mask: torch.Tensor, teacher_out: TeacherOutputs, student_out, kd_sum) -> torch.Tensor:
+        """Sum of KL(p_S || p_T) at T = 1 over the counted tokens of a batch (for the on-policy log)."""
+        args = self.args
+        if kd_is_sample_kl(args.kd_loss, args.jsd_beta, args.temperature):
+            return kd_sum.detach()
+        if self.fused:
+            head = self.student.get_output_embeddings()
+            hidden = student_out["hidden_states"][-1]
+            return sample_reverse_kl(
+                mask, teacher_out, hidden=hidden, head=head, vocab_size=self.kd_vocab_size,
+                chunk_size=args.loss_chunk_size if isinstance(args.loss_chunk_size, int) else 0,
+            )  # fmt: skip
+        return sample_reverse_kl(mask, teacher_out, logits=student_out["logits"], vocab_size=self.kd_vocab_size)
 
     def _teacher_targets(self, inputs: dict, mask: torch.Tensor) -> TeacherOutputs:
         kwargs = {"want_final_hidden": self.fused}
@@ -314,6 +360,10 @@ class DistillationTrainer(Trainer):
         kd_sum, ce_sum, agree, named = self._logit_terms(student_out, teacher_out, common, want_ce)
 
         local_tokens = mask.sum()
+        if self.onpolicy is not None and mode == "train":
+            self.onpolicy.record_sample_kl(
+                inputs, lambda: self._sample_kl(mask, teacher_out, student_out, kd_sum), local_tokens
+            )
         if mode == "train" and isinstance(num_items_in_batch, dict):
             counts = num_items_in_batch
             # DDP/FSDP/DeepSpeed average gradients over processes; the window count already spans all of them.
@@ -447,6 +497,8 @@ class DistillationTrainer(Trainer):
                     logs[f"{prefix}agreement"] = agree / tokens
             logs.update(self._named_logs(sums, prefix))
             self._metrics[mode].clear()
+        if self.onpolicy is not None and mode == "train":
+            logs.update(self.onpolicy.logs(self._sum_over_processes, self.args.device))
         super().log(logs, start_time)
 
     def _named_logs(self, sums: dict, prefix: str) -> dict[str, float]:
@@ -468,6 +520,9 @@ class DistillationTrainer(Trainer):
             if kind in names:
                 logs[f"{prefix}{names[kind]}/{name}"] = value / max(totals.get(f"tokens/{name}", 0.0), 1.0)
         return logs
+
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(values, reduction="sum") if self.args.world_size > 1 else values
 
     # ---- saving -----------------------------------------------------------------------------------------------
 
@@ -496,6 +551,7 @@ class DistillationTrainer(Trainer):
             "data_selection": args.data_selection,
             "layer_map": args.layer_map if args.uses_features else None,
             "kd_vocab_size": self.kd_vocab_size,
+            "generation": self.onpolicy.describe() if self.onpolicy is not None else None,
         }
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:

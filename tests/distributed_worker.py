@@ -37,6 +37,9 @@ def main(output_dir: str, per_device_batch: int, mode: str, accumulation: int = 
     extra = {"hidden_weight": 1.0, "attention_weight": 0.5} if mode == "features" else {}
     if mode == "relational":
         extra = dict(RELATIONAL)
+    elif mode == "onpolicy":
+        # Every step trains on the student's own samples: each process samples its own rows, seeded per row.
+        extra = {"lmbda": 1.0, "max_new_tokens": 6, "kd_loss": "reverse_kl"}
     if mode.startswith("cached:"):
         # Targets come from a store written beforehand by one process; lookups go by sample id on every rank.
         extra = {"teacher_logits_path": mode.split(":", 1)[1]}

@@ -10,7 +10,7 @@ from llm_distill.evaluation import VERBS, eval_main
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 SCRIPTS = {"classification": "classification", "perplexity": "perplexity", "harness": "harness",
-           "distill": "distill", "report": "compare"}  # fmt: skip
+           "distill": "distill", "report": "compare", "onpolicy": "onpolicy"}  # fmt: skip
 
 
 @pytest.mark.parametrize("verb", list(VERBS))

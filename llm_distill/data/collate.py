@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import torch
 
+# One integer per row, carried into the batch as a (B,) tensor: the logit store looks targets up by sample id, and
+# generation starts from the first prompt_length tokens of a prompt / completion row.
+ROW_SCALARS = ("sample_id", "prompt_length")
+
 
 class DistillationCollator:
     """Right-pads a list of rows: input ids with the pad id, labels with -100, attention mask with 0."""
@@ -25,8 +29,9 @@ class DistillationCollator:
                 batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)  # class labels
                 continue
             batch[key] = torch.tensor([list(r[key]) + [pad] * (length - len(r[key])) for r in rows], dtype=torch.long)
-        if "sample_id" in rows[0]:
-            batch["sample_id"] = torch.tensor([int(r["sample_id"]) for r in rows], dtype=torch.long)
+        for key in ROW_SCALARS:
+            if key in rows[0]:
+                batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)
         if "teacher_index" in rows[0]:
             batch["teacher_index"] = torch.tensor([int(r["teacher_index"]) for r in rows], dtype=torch.long)
         if "teacher_prompt_ids" in rows[0]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from ..checks import check_choice, reject_unknown_keys
 from ..tasks import DATA_TASKS
+from .prompts import CHAT_TEMPLATE_CHOICES
 
 
 @dataclass
@@ -27,14 +28,22 @@ class DataConfig:
     text_pair_column: str | None = field(default=None, metadata={"help": "Second sentence for pair tasks."})
     label_column: str = field(default="label", metadata={"help": "Class label column (classification)."})
     prompt_column: str = field(default="prompt", metadata={"help": "instruction: prompt column (masked out)."})
-    response_column: str = field(default="response", metadata={"help": "instruction: response column."})
+    response_column: str | None = field(
+        default="response",
+        metadata={"help": "instruction / prompt_completion: response column (null: prompts only)."},
+    )
     messages_column: str | None = field(
         default=None, metadata={"help": "instruction: chat messages column; the last assistant turn is the target."}
+    )
+    chat_template: str | bool = field(
+        default="auto",
+        metadata={"help": "prompt_completion: render prompts with the tokenizer's chat template (auto: if any)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for the held-out split."})
 
     def __post_init__(self):
         check_choice("dataset.task", self.task, DATA_TASKS)
+        check_choice("dataset.chat_template", self.chat_template, CHAT_TEMPLATE_CHOICES)
         if self.max_length < 2:
             raise ValueError(f"dataset.max_length={self.max_length} is too small; use at least 2 tokens")
 

@@ -12,6 +12,8 @@ from datasets import Dataset
 
 from .config import DataConfig
 from .load import load_raw
+from .prompts import tokenize_prompt_completion
+from .rows import token_ids
 from .teachers import add_teacher_columns
 
 
@@ -43,7 +45,7 @@ def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
                 raise ValueError(f"{cfg.messages_column}: the last message must be the assistant's reply")
             prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
             full = tokenizer.apply_chat_template(messages, tokenize=True)
-            prompt, full = list(_ids(prompt)), list(_ids(full))
+            prompt, full = token_ids(prompt), token_ids(full)
         else:
             prompt = tokenizer(row[cfg.prompt_column])["input_ids"]
             response = tokenizer(row[cfg.response_column], add_special_tokens=False)["input_ids"]
@@ -58,10 +60,6 @@ def tokenize_instruction(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     return ds.map(encode, remove_columns=ds.column_names, desc="tokenize")
 
 
-def _ids(encoded):
-    return encoded["input_ids"] if isinstance(encoded, dict) or hasattr(encoded, "keys") else encoded
-
-
 def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     """Single sentences or sentence pairs with an integer class label."""
 
@@ -74,7 +72,12 @@ def tokenize_classification(ds: Dataset, tokenizer, cfg: DataConfig) -> Dataset:
     return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
 
 
-ENCODERS = {"text": tokenize_text, "instruction": tokenize_instruction, "classification": tokenize_classification}
+ENCODERS = {
+    "text": tokenize_text,
+    "instruction": tokenize_instruction,
+    "classification": tokenize_classification,
+    "prompt_completion": tokenize_prompt_completion,
+}
 
 
 def with_sample_ids(ds: Dataset, start: int = 0) -> Dataset:
@@ -99,8 +102,10 @@ def build_datasets(cfg: DataConfig, tokenizer, **teacher_columns) -> tuple[Datas
     train = with_sample_ids(encode(train))
     # Evaluation ids continue after the training ids: one logit store can serve both without collisions.
     evaluation = with_sample_ids(encode(evaluation), len(train)) if evaluation is not None else None
+    prompts_only = cfg.task == "prompt_completion" and cfg.response_column is None and not cfg.messages_column
     for name, ds in (("training", train), ("evaluation", evaluation)):
-        if ds is not None and counted_tokens(ds) == 0:
+        # Prompts alone are complete rows when the completions are generated (on-policy, seq_kd).
+        if ds is not None and not prompts_only and counted_tokens(ds) == 0:
             raise ValueError(
                 f"dataset {cfg.path!r} gives no {name} rows with a counted token (rows: {len(ds)}, "
                 f"dataset.max_length={cfg.max_length}, packing={cfg.packing}): nothing to distil or evaluate; check "

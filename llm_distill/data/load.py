@@ -7,6 +7,7 @@ import os
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from .config import DataConfig
+from .prompts import TOKEN_COLUMNS
 
 LOCAL_FORMATS = {
     ".json": "json",
@@ -46,11 +47,13 @@ def load_split(path: str, name: str | None = None, split: str = "train", *, fiel
         ) from err
 
 
-def required_columns(cfg: DataConfig) -> dict[str, str]:
-    """The columns a dataset kind reads: setting name -> column name."""
+def required_columns(cfg: DataConfig, columns: list[str] = ()) -> dict[str, str]:
+    """The columns a dataset kind reads: setting name -> column name (``columns``: the dataset's own)."""
     if cfg.task == "text":
         names = ["text_column"]
-    elif cfg.task == "instruction":
+    elif cfg.task in ("instruction", "prompt_completion"):
+        if cfg.task == "prompt_completion" and all(c in columns for c in TOKEN_COLUMNS):
+            return {}  # completions written by `llm-distill generate`, used as they are
         names = ["messages_column"] if cfg.messages_column else ["prompt_column", "response_column"]
     else:
         names = ["text_column", "text_pair_column", "label_column"]
@@ -58,7 +61,7 @@ def required_columns(cfg: DataConfig) -> dict[str, str]:
 
 
 def require_columns(ds: Dataset, cfg: DataConfig) -> None:
-    for setting, column in required_columns(cfg).items():
+    for setting, column in required_columns(cfg, ds.column_names).items():
         if column not in ds.column_names:
             raise ValueError(
                 f"{setting}={column!r} is not a column of dataset {cfg.path!r}; its columns are {ds.column_names}"

@@ -8,6 +8,7 @@ perplexity         ``llm_distill.evaluation.perplexity``        strided PPL, bit
 harness            ``llm_distill.evaluation.harness``           lm-evaluation-harness
 distill            ``llm_distill.evaluation.agreement``         KL, top-1/5 agreement, ECE
 report             ``llm_distill.evaluation.compare``           teacher vs students report
+onpolicy           ``llm_distill.evaluation.onpolicy``          teacher-scored samples
 =================  ===========================================  ==========================
 
 ``eval_main(["perplexity", "--model", ...])`` dispatches on the first argument; modules are imported lazily so
@@ -25,6 +26,7 @@ VERBS = {
     "harness": "harness",
     "distill": "agreement",
     "report": "compare",
+    "onpolicy": "onpolicy",
 }
 
 

@@ -1,4 +1,5 @@
-"""YAML recipes: top-level keys are DistillationConfig fields; `teacher`, `student`, `dataset`, `cache` are blocks.
+"""YAML recipes: top-level keys are DistillationConfig fields; `teacher`, `student`, `dataset`, `cache`, `generate`
+are blocks.
 
 A recipe is read, CLI overrides (``--key value`` or ``--block.key value``) are applied on top, and every key is
 checked against the real schema so a typo fails before any model is loaded.
@@ -21,7 +22,7 @@ from ..data import DataConfig
 from ..student import apply_lora, student_from_teacher
 from ..teacher.store import cache_logits
 
-BLOCKS = ("teacher", "student", "dataset", "cache", "stages")
+BLOCKS = ("teacher", "student", "dataset", "cache", "generate", "stages")
 TEACHER_KEYS = {
     "model_name_or_path": "teacher_model_name_or_path",
     "dtype": "teacher_dtype",
@@ -88,6 +89,7 @@ class Recipe:
     student: dict = field(default_factory=dict)
     dataset: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
+    generate: dict = field(default_factory=dict)  # `llm-distill generate`: output_dir, batch_size, shard_size
     stages: list[dict] = field(default_factory=list)
     source: str | None = None
 
@@ -218,6 +220,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         student=student,
         dataset=dataset,
         cache=cache,
+        generate=raw.get("generate") or {},
         stages=stages,
         source=str(path) if path else None,
     )
