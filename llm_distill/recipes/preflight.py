@@ -28,7 +28,7 @@ from .schema import Recipe
 
 logger = logging.getLogger("llm_distill")
 
-VERBS = ("train", "finetune", "cache-logits", "generate", "check")
+VERBS = ("train", "finetune", "cache-logits", "generate", "score-data", "check")
 
 
 @dataclass
@@ -190,8 +190,8 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
         )
     if verb == "cache-logits":
         check_cache_settings(recipe, args)
-    if verb == "generate" and not args.teacher_model_name_or_path:
-        raise ValueError("generate runs the live teacher: set teacher_model_name_or_path")
+    if verb in ("generate", "score-data") and not args.teacher_model_name_or_path:
+        raise ValueError(f"{verb} runs the live teacher: set teacher_model_name_or_path")
 
     teacher_config = None
     if args.teacher_model_name_or_path:
@@ -225,7 +225,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
 
     if args.teachers:
         check_teacher_tokenizers(args, tokenizer)
-    if live or verb in ("cache-logits", "generate"):
+    if live or verb in ("cache-logits", "generate", "score-data"):
         shared_vocab_size(_output_width(teacher_config, task), student_cfg, tokenizer, task)
     if live and verb != "finetune":
         feature_distiller_for(args, student_cfg, teacher_config, task=task)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..data import DataConfig, build_datasets
 from ..tasks import load_model
-from .run import build_student, load_tokenizer, recipe_task
+from .preflight import preflight
+from .run import initial_student
 from .schema import load_recipe
 from .select import scores_path, select_samples
 
@@ -25,19 +25,17 @@ def main(argv: list[str]) -> int:
     args = recipe.training_args()
     if args.selection is None or args.selection.level != "sample":
         raise ValueError("score-data needs data_selection with level: sample in the recipe (or --data_selection.*)")
-    data_cfg = DataConfig.from_dict(recipe.dataset)
-    task = recipe_task(args, recipe)
-    tokenizer = load_tokenizer(recipe, args)
-    train_ds, _ = build_datasets(data_cfg, tokenizer)
+    checked = preflight(recipe, "score-data")  # no weight is read until it passes
+    args, task, train_ds = checked.args, checked.task, checked.train_dataset
     teacher = load_model(args.teacher_model_name_or_path, task, dtype=args.teacher_dtype)
     selected = select_samples(
         args,
         task,
         train_ds,
-        tokenizer,
-        max_length=data_cfg.max_length,
+        checked.tokenizer,
+        max_length=checked.data.max_length,
         teacher=teacher,
-        reference=lambda: build_student(recipe, args, task, teacher),
+        reference=lambda: initial_student(recipe, args, task, teacher),
     )
     print(f"{scores_path(args)}: {len(selected)} of {len(train_ds)} training rows kept")
     return 0
