@@ -313,6 +313,7 @@ class DistillationConfig(TrainingArguments):
             )
         self._check_who_teaches()
         self._check_generation()
+        self._check_relations_and_selection()
 
     def _check_generation(self) -> None:
         if not isinstance(self.lmbda, int | float) or isinstance(self.lmbda, bool) or not 0 <= self.lmbda <= 1:
@@ -394,8 +395,6 @@ class DistillationConfig(TrainingArguments):
                 "fp16=True needs a CUDA GPU, but this run is on the CPU (no GPU found, or use_cpu=True); drop fp16, "
                 "or use bf16=True (CPU autocast supports bfloat16)"
             )
-
-        self._check_relations_and_selection()
 
     def _check_relations_and_selection(self) -> None:
         check_choice("attention_on", self.attention_on, ("probs", "scores"))

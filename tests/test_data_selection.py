@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import tiny_bert_classifier, tiny_llama
+from conftest import make_bert_tokenizer, tiny_bert_classifier, tiny_llama
 from test_trainer import flat_params, instruction_dataset, make_args
 
 from llm_distill import DistillationConfig, DistillationTrainer
@@ -188,13 +188,10 @@ def test_sample_selection_with_keep_one_keeps_the_dataset_itself(tmp_path, char_
 
 def test_score_data_then_train_from_the_cli(tmp_path):
     """score-data writes the scores; train reuses them and trains on the kept rows only (a BERT classifier)."""
-    from transformers import BertTokenizerFast
-
     from llm_distill.cli import main
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [chr(c) for c in range(97, 123)] + ["good", "bad"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = make_bert_tokenizer(vocab)
     teacher = tiny_bert_classifier(vocab_size=len(vocab), layers=2, hidden=32, heads=4, seed=1)
     teacher.save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")

@@ -75,5 +75,5 @@ def test_refusals_name_the_setting(tmp_path, char_tokenizer):
         build_datasets(DataConfig(path=path, task="prompt_completion", chat_template=True), char_tokenizer)
     with pytest.raises(ValueError, match="dataset.chat_template='yes'"):
         DataConfig(path=path, task="prompt_completion", chat_template="yes")
-    with pytest.raises(ValueError, match=r"no column\(s\) \['answer'\]"):
+    with pytest.raises(ValueError, match="dataset.response_column='answer' is not a column"):
         build_datasets(DataConfig(path=path, task="prompt_completion", response_column="answer"), char_tokenizer)

@@ -90,16 +90,18 @@ def test_only_completion_tokens_count_in_a_generated_window(tmp_path, char_token
         assert mask[row].nonzero().flatten().tolist() == list(range(p - 1, n - 1))
         assert labels[row, p - 1 : n - 1].tolist() == batch["input_ids"][row, p:n].tolist()
 
-    # Changing the student's logits at prompt and padding positions leaves the loss unchanged.
+    # Changing the student's last hidden states at prompt and padding positions leaves the loss unchanged. (The
+    # hook sits before the head so that it reaches the fused loss too, which never materialises the logits.)
     perturb = {"where": None}
 
     def hook(module, args, output):
         if perturb["where"] is not None:
-            output.logits[perturb["where"]] += 7.0 * torch.randn_like(output.logits[perturb["where"]])
+            output = output.clone()
+            output[perturb["where"]] += 7.0 * torch.randn_like(output[perturb["where"]])
         return output
 
     student = trainer.model
-    student.register_forward_hook(hook)
+    student.model.norm.register_forward_hook(hook)
     student.eval()
     inputs = {k: v for k, v in batch.items() if k != SOURCE_KEY}
     base = trainer.compute_loss(student, dict(inputs)).item()
@@ -243,13 +245,14 @@ def test_the_fused_loss_takes_the_same_on_policy_step(tmp_path, char_tokenizer):
 
 
 @pytest.mark.parametrize("extra", [dict(lmbda=0.5), dict(seq_kd=True)])
-def test_a_logit_store_is_refused_before_any_model_loads(tmp_path, extra):
+def test_a_logit_store_is_refused_before_any_model_loads(tmp_path, extra, capsys):
     with pytest.raises(ValueError, match="needs a live teacher to score newly generated text"):
         DistillationConfig(output_dir=str(tmp_path), teacher_logits_path="store", **extra)
     from llm_distill.cli import main
 
-    with pytest.raises(ValueError, match="teacher_logits_path='store'"):
-        main(["check", "--output_dir", str(tmp_path), "--teacher_logits_path", "store", "--lmbda", "0.5"])
+    flags = [f"--{key}={value}" for key, value in extra.items()]
+    assert main(["check", "--output_dir", str(tmp_path), "--teacher_logits_path", "store", *flags]) == 2
+    assert "teacher_logits_path='store'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
