@@ -317,6 +317,12 @@ def test_runs_are_never_mixed(files, capsys, tmp_path):
     first = model.read_bytes()
     # The same recipe again: finished, nothing to do, the model is untouched.
     assert main(["train", recipe]) == 0 and model.read_bytes() == first
+    # A record written before a config field existed (an older llm_distill) still matches: that field is not compared.
+    record_path = tmp_path / "run" / "llm_distill_run.json"
+    record = json.loads(record_path.read_text())
+    del record["settings"]["config"]["lmbda"]
+    record_path.write_text(json.dumps(record))
+    assert main(["train", recipe]) == 0 and model.read_bytes() == first
     # Another recipe into the same folder is refused, naming what differs.
     code, err = run_cli(["train", recipe, "--learning_rate", "0.5"], capsys)
     assert code == 2 and "holds a run of another recipe (config.learning_rate: 0.01 -> 0.5)" in err, err

@@ -65,7 +65,13 @@ def _resumable(key: str) -> bool:
 
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     out = []
-    for key in sorted(set(old) | set(new)):
+    keys = set(old) | set(new)
+    if prefix == "config.":
+        # The config holds every field, so a field that the record lacks was added by a later version of
+        # llm_distill, after the run started; only fields that both know can differ. (The student and dataset
+        # blocks hold what the recipe wrote, so a key missing on one side is a real difference there.)
+        keys = set(old) & set(new)
+    for key in sorted(keys):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
