@@ -25,11 +25,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import torch.distributed as dist
 from torch import nn
 
 from .._version import __version__
 from ..data import DistillationCollator
+from ..processes import process_info
 from ..teacher.store.fingerprint import hash_state_dict, hash_tokenizer
 from ..teacher.store.format import atomic_write, rank_manifest_name, sha256_file, write_json_atomic
 from .batch import batch_prompts
@@ -77,14 +77,6 @@ def completions_fingerprint(
         "seed": seed,
         "package_version": __version__,
     }
-
-
-def _distributed(accelerator) -> tuple[int, int, Callable[[], None]]:
-    if accelerator is not None:
-        return accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dist.barrier
-    return 0, 1, lambda: None
 
 
 class _Folder:
@@ -214,7 +206,7 @@ def generate_completions(
         raise ValueError(f"generate.batch_size={batch_size} and generate.shard_size={shard_size} must be >= 1")
     if len(dataset) == 0:
         raise ValueError("there are no prompts to generate completions for")
-    rank, world, barrier = _distributed(accelerator)
+    rank, world, barrier = process_info(accelerator)
     collator = collator or DistillationCollator(tokenizer)
     rows = [dataset[i] for i in range(len(dataset))]
     prompts, sample_ids = [], []

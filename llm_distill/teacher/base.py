@@ -87,6 +87,13 @@ def no_logits(batch: dict) -> torch.Tensor:
     return torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device)
 
 
+def config_output_width(config, task: str) -> int | None:
+    """A model's output width for ``task`` read from its config (see ``TeacherSource.output_width``)."""
+    if task == "sequence_classification":
+        return getattr(config, "num_labels", None)
+    return getattr(config, "vocab_size", None)
+
+
 @runtime_checkable
 class TeacherSource(Protocol):
     """What the trainer needs of a teacher, whatever it is.

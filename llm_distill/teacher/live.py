@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import TeacherOutputs, model_inputs, no_logits
+from .base import TeacherOutputs, config_output_width, model_inputs, no_logits
 from .sharding import prepare_teacher, shards_teacher
 
 
@@ -32,9 +32,7 @@ class LiveTeacher:
         return self.model.config
 
     def output_width(self, task: str) -> int | None:
-        if task == "sequence_classification":
-            return getattr(self.config, "num_labels", None)
-        return getattr(self.config, "vocab_size", None)
+        return config_output_width(self.config, task)
 
     def place(self, accelerator, device) -> None:
         # DDP / single device: every process holds a full frozen replica; no wrapper, no gradient sync needed.

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .base import TeacherOutputs
+from .base import TeacherOutputs, config_output_width
 from .live import LiveTeacher, forward_targets
 
 
@@ -85,9 +85,7 @@ class OwnWeightsTeacher:
         return self.model.config
 
     def output_width(self, task: str) -> int | None:
-        if task == "sequence_classification":
-            return getattr(self.config, "num_labels", None)
-        return getattr(self.config, "vocab_size", None)
+        return config_output_width(self.config, task)
 
     def place(self, accelerator, device) -> None:
         """Nothing to place: the Trainer places the student."""

@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from ...checks import NonFiniteError
 from ...losses.divergences import LOG_FLOOR, check_temperature
+from ...processes import process_info
 from ...tasks import TASKS, torch_dtype
 from ..live import LiveTeacher
 from .fingerprint import hash_dataset, hash_model_files, make_fingerprint, teacher_id_of
@@ -83,14 +83,6 @@ def sampled_targets(
 def _sample_seed(seed: int, sample_id: int) -> int:
     # Per-sample seeds: the draws of a sample do not depend on which shard, batch or process computed it.
     return (seed * 0x9E3779B97F4A7C15 + sample_id * 0xBF58476D1CE4E5B9) % (2**63 - 1)
-
-
-def _distributed(accelerator) -> tuple[int, int, Callable[[], None]]:
-    if accelerator is not None:
-        return accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dist.barrier
-    return 0, 1, lambda: None
 
 
 def _column(dataset, name: str) -> list:
@@ -182,7 +174,7 @@ def cache_logits(
     if tokenizer is None and tokenizer_hash is None:
         raise ValueError("pass tokenizer (or tokenizer_hash): the store records which vocabulary its ids belong to")
 
-    rank, world, barrier = _distributed(accelerator)
+    rank, world, barrier = process_info(accelerator)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty; there is nothing to cache")
     sample_ids = _column(dataset, "sample_id")
