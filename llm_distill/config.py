@@ -383,6 +383,11 @@ class DistillationConfig(TrainingArguments):
                     f"online_distillation={self.online_distillation!r} trains every model on full logits: unset "
                     "teacher_logits_path, teacher_prompt, hidden_weight/attention_weight and loss_chunk_size"
                 )
+            if self.generates or self.data_selection is not None:
+                raise ValueError(
+                    f"online_distillation={self.online_distillation!r} trains on the dataset's tokens as they are: "
+                    "unset lmbda / seq_kd and data_selection"
+                )
             if self.online_distillation == "co_train" and not self.teacher_model_name_or_path:
                 raise ValueError(
                     "online_distillation='co_train' fine-tunes a teacher in the run: set teacher_model_name_or_path"

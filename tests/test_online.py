@@ -105,3 +105,6 @@ def test_online_settings_are_refused_when_impossible(tmp_path):
         make_args(tmp_path, online_distillation="co_train")
     with pytest.raises(ValueError, match="both set"):
         make_args(tmp_path, online_distillation="mutual", self_teacher="ema")
+    for extra in (dict(lmbda=0.5), dict(seq_kd=True), dict(data_selection={"score": "teacher_nll", "keep": 0.5})):
+        with pytest.raises(ValueError, match="unset lmbda / seq_kd and data_selection"):
+            make_args(tmp_path, online_distillation="mutual", **extra)
