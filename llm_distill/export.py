@@ -14,6 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The files a distillation run writes beside the student's save_pretrained files.
+METADATA_NAME = "distillation.json"  # the run's settings and teacher, read by the reports
+PROJECTIONS_NAME = "feature_projections.safetensors"  # hidden-state projections (checkpoints only)
+TEACHER_STATE_NAME = "teacher_state.pt"  # a teacher that changes during the run (checkpoints only)
+
 
 def process_umask() -> int:
     """The process umask, read without changing it where the kernel reports it (Linux >= 4.7)."""

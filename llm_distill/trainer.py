@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import inspect
 import itertools
-import json
 import logging
 import math
-import os
 from collections import defaultdict
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import find_labels
 
 from ._version import __version__
-from .checks import NonFiniteError
 from .config import DistillationConfig
 from .data import DistillationCollator
-from .export import match_umask
 from .features import (
     FEATURE_TERMS,
     FeatureDistiller,
@@ -29,9 +23,10 @@ from .features import (
     feature_distiller_for,
     prepare_for_feature_distillation,
 )
+from .guards import NonFiniteGuards
 from .losses.terms import dense_logit_terms, fused_logit_terms
-from .model_card import write_model_card
 from .onpolicy import OnPolicySteps, kd_is_sample_kl, sample_reverse_kl
+from .saving import StudentSaving
 from .selection.tokens import SUM_KEYS as SELECTION_SUM_KEYS
 from .selection.tokens import TokenSelection, selection_logs
 from .tasks import infer_task, load_model, real_token_mask, targets
@@ -48,9 +43,6 @@ from .vocab import check_tokenizers, shared_vocab_size
 
 logger = logging.getLogger(__name__)
 
-METADATA_NAME = "distillation.json"
-PROJECTIONS_NAME = "feature_projections.safetensors"
-TEACHER_STATE_NAME = "teacher_state.pt"
 # Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
 SUM_KEYS = (
     "kd",
@@ -65,7 +57,7 @@ SUM_KEYS = (
 COUNT_KEYS = ("kd_tokens", *FEATURE_TERMS)
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
     """Train a student against a frozen teacher.
 
     ``loss = kd_weight * KD + ce_weight * CE + hidden_weight * hidden + attention_weight * attention``, where each
@@ -278,59 +270,6 @@ class DistillationTrainer(Trainer):
         out = self.teacher(inputs, **kwargs)
         self._check_teacher_finite(out, mask)
         return out
-
-    def _where(self) -> str:
-        return f"step {self.state.global_step + 1}" if self.model.training else "evaluation"
-
-    def _check_teacher_finite(self, out: TeacherOutputs, mask: torch.Tensor) -> None:
-        """A NaN/inf in the targets would train the student on garbage (or log kd_loss 0): stop, naming the source."""
-        for part in out.parts or [TeacherPart("", out)]:
-            rows = mask if part.rows is None else mask & part.rows.reshape(-1, *([1] * (mask.dim() - 1)))
-            checks = {
-                "logits": part.outputs.logits,
-                "final hidden states": part.outputs.final_hidden,
-                "cached log-probabilities": None if part.outputs.sparse is None else part.outputs.sparse.logprobs,
-            }
-            for name, tensor in checks.items():
-                if tensor is None:
-                    continue
-                finite = torch.isfinite(tensor)
-                while finite.dim() > rows.dim():
-                    finite = finite.all(-1)
-                bad = int((~finite & rows).sum())
-                if bad:
-                    who = (
-                        f"teacher {part.name!r} of {self.teacher.describe()}" if part.name else self.teacher.describe()
-                    )
-                    raise NonFiniteError(
-                        f"{self._where()}: the teacher's {name} hold NaN or inf at {bad} of {int(rows.sum())} counted "
-                        f"positions (teacher: {who}); training stopped before any checkpoint or export was written. "
-                        "Check the teacher's weights (a NaN in a weight file) and its dtype (fp16 overflow)"
-                    )
-
-    def _check_loss_finite(self, loss: torch.Tensor, terms: dict) -> None:
-        if not torch.isfinite(loss):
-            values = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-            raise NonFiniteError(
-                f"{self._where()}: the loss is {float(loss)} (term sums: {values}); training stopped before any "
-                "checkpoint or export was written. Lower the learning rate, or check the student's weights and dtype"
-            )
-
-    def _get_grad_norm(self, model, grad_norm=None):
-        """Transformers computes the global gradient norm before every optimizer step; a non-finite one stops the run
-        there, before the step, the checkpoint or the export, naming the first parameter whose gradient is bad."""
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        if grad_norm is not None and not math.isfinite(float(grad_norm)):
-            bad = next(
-                (n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()),
-                "(on another process)",
-            )
-            raise NonFiniteError(
-                f"step {self.state.global_step + 1}: the gradient norm is {float(grad_norm)} (first non-finite "
-                f"gradient: {bad}); training stopped before the optimizer step, any checkpoint or export. Lower the "
-                "learning rate, or use bf16 instead of fp16"
-            )
-        return grad_norm
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         args: DistillationConfig = self.args
@@ -553,72 +492,6 @@ class DistillationTrainer(Trainer):
             "kd_vocab_size": self.kd_vocab_size,
             "generation": self.onpolicy.describe() if self.onpolicy is not None else None,
         }
-
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        # The student only: the teacher is not an attribute Trainer saves, so no teacher weights land here.
-        output_dir = output_dir or self.args.output_dir
-        if not isinstance(self.accelerator.unwrap_model(self.model), StudentWithFeatures):
-            super()._save(output_dir, state_dict)
-        else:
-            self._save_student_and_projections(output_dir, state_dict)
-        if self.args.should_save and isinstance(self.teacher, TrainedTeacherSource) and _is_checkpoint(output_dir):
-            # The teacher changes during the run (an EMA of the student): its weights are part of the run's state.
-            os.makedirs(output_dir, exist_ok=True)
-            torch.save(self.teacher.teacher_state(), os.path.join(output_dir, TEACHER_STATE_NAME))
-        if self.args.should_save:
-            match_umask(output_dir)  # safetensors writes weights owner-only (0600); give them config.json's mode
-            meta = self.distillation_metadata()
-            with open(os.path.join(output_dir, METADATA_NAME), "w") as fh:
-                json.dump(meta, fh, indent=2)
-            write_model_card(output_dir, meta, self.state.log_history)
-
-    def _save_student_and_projections(self, output_dir: str, state_dict: dict | None) -> None:
-        """Student weights as a plain ``save_pretrained`` folder; projections beside them in checkpoints only."""
-        state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
-        student_state = {k[len("student.") :]: v for k, v in state_dict.items() if k.startswith("student.")}
-        projections = {k[len("features.") :]: v for k, v in state_dict.items() if k.startswith("features.")}
-        if not self.args.should_save:
-            return
-        os.makedirs(output_dir, exist_ok=True)
-        self.student.save_pretrained(output_dir, state_dict=student_state)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        if _is_checkpoint(output_dir) and projections:
-            save_file({k: v.contiguous() for k, v in projections.items()}, os.path.join(output_dir, PROJECTIONS_NAME))
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        if isinstance(resume_from_checkpoint, bool) and resume_from_checkpoint:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
-        if resume_from_checkpoint and isinstance(self.teacher, TrainedTeacherSource):
-            # Every strategy (DeepSpeed too, which skips _load_from_checkpoint) passes here before the first step.
-            path = os.path.join(resume_from_checkpoint, TEACHER_STATE_NAME)
-            if not os.path.exists(path):
-                raise FileNotFoundError(
-                    f"{resume_from_checkpoint} has no {TEACHER_STATE_NAME}: the run's teacher changes during training "
-                    "(self_teacher=ema/frozen) and cannot be restored from a checkpoint written without it"
-                )
-            self.teacher.load_teacher_state(torch.load(path, map_location="cpu", weights_only=True))
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        wrapper = self.accelerator.unwrap_model(self.model)
-        if model is not None or not isinstance(wrapper, StudentWithFeatures):
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        super()._load_from_checkpoint(resume_from_checkpoint, model=wrapper.student)
-        path = os.path.join(resume_from_checkpoint, PROJECTIONS_NAME)
-        if len(wrapper.features.state_dict()) == 0:
-            return
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                f"{resume_from_checkpoint} has no {PROJECTIONS_NAME}: it was not written by a feature-distillation "
-                "run, so the hidden-state projections cannot be restored"
-            )
-        wrapper.features.load_state_dict(load_file(path))
-
-
-def _is_checkpoint(output_dir: str) -> bool:
-    return os.path.basename(os.path.normpath(output_dir)).startswith("checkpoint-")
 
 
 class TeacherStepCallback(TrainerCallback):

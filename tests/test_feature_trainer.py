@@ -14,8 +14,8 @@ from transformers import AutoModelForSequenceClassification
 
 from llm_distill import DistillationTrainer
 from llm_distill.data import DistillationCollator
+from llm_distill.export import PROJECTIONS_NAME
 from llm_distill.features import StudentWithFeatures
-from llm_distill.trainer import PROJECTIONS_NAME
 
 
 class PadOnly:

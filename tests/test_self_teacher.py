@@ -14,8 +14,8 @@ from transformers import TrainerCallback
 from llm_distill import DistillationTrainer
 from llm_distill.data import DataConfig, tokenize_instruction, with_sample_ids
 from llm_distill.data.teachers import add_teacher_columns
+from llm_distill.export import TEACHER_STATE_NAME
 from llm_distill.student import apply_lora
-from llm_distill.trainer import TEACHER_STATE_NAME
 
 SGD = dict(optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0, ce_weight=0.5)
 

@@ -13,13 +13,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..export import METADATA_NAME
+
 # Loss terms the distillation trainer logs separately, in plotting order.
 LOSS_KEYS = ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss")
 # Logged values between 0 and 1: drawn on their own axis.
 FRACTION_KEYS = ("agreement", "eval_agreement", "eval_accuracy")
 # Eval entries that are bookkeeping, not quality.
 _EVAL_SKIP = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "epoch", "step"}
-METADATA_NAME = "distillation.json"  # written beside every DistillationTrainer export (trainer.METADATA_NAME)
 
 
 @dataclass

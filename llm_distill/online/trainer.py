@@ -14,11 +14,12 @@ from transformers.utils import find_labels
 
 from ..config import DistillationConfig
 from ..data import DistillationCollator
+from ..export import METADATA_NAME
 from ..losses.divergences import hard_ce
 from ..losses.terms import dense_logit_terms
 from ..tasks import infer_task, targets
 from ..teacher import model_inputs
-from ..trainer import METADATA_NAME, DistillationTrainer
+from ..trainer import DistillationTrainer
 from ..vocab import shared_vocab_size
 from .cohort import Cohort
 
