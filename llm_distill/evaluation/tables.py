@@ -92,10 +92,6 @@ def fmt_ratio(x: float | None) -> str:
     return DASH if x is None else f"{x:.2f}×"
 
 
-def fmt_metric(key: str, value: float | None) -> str:
-    return fmt_pct(value) if key in PERCENT_KEYS else fmt_sig(value)
-
-
 def speed_words(ratio: float | None, ci: list[float] | None, verdict: str | None) -> str:
     """'1.38× [1.33, 1.42] faster' or '0.97× [0.92, 1.03] within noise'."""
     if ratio is None:

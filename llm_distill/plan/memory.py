@@ -21,7 +21,6 @@ from .spec import RunSpec
 from .strategies import student_state, teacher_bytes
 from .vocab import loss_peak, target_bytes, teacher_logits_bytes
 
-PHASES = ("generation", "teacher fwd", "loss", "optimizer")
 # Teacher traces do not depend on the student side: suggestions and batch searches reuse them (keyed by the
 # teacher's ModelShape object, which lives as long as the RunSpec that holds it).
 _TEACHER_TRACES: dict[tuple, int] = {}

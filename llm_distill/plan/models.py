@@ -54,10 +54,6 @@ class ModelShape:
     vocab: int | None
     num_labels: int | None
 
-    @property
-    def weight_bytes(self) -> int:
-        return self.params * self.dtype.itemsize
-
 
 def meta_model(config, model_class: type) -> nn.Module:
     """The model built on the meta device: every module and parameter shape, no memory, no weights read."""

@@ -62,7 +62,6 @@ class LogitStore:
         self.name = name or f"logit store {self.path}"
         if verify not in ("checksum", "size", "none"):
             raise ValueError(f"verify={verify!r}; expected 'checksum', 'size' or 'none'")
-        self.verify_mode = verify
         manifest_path = self.path / MANIFEST
         if not manifest_path.is_file():
             partial = sorted(p.name for p in self.path.glob("manifest.rank*.json")) if self.path.is_dir() else []
