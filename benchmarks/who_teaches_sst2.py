@@ -22,6 +22,8 @@ import os
 
 from _runs import run_training, train_seconds
 
+from llm_distill.evaluation.stats import paired_proportions
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = "../shared/data/sst2/train.jsonl"
 VALIDATION = "../shared/data/sst2/validation.jsonl"
@@ -29,11 +31,14 @@ PRETRAINED = "assets/minilm-l6"
 RECIPE = "configs/bert_sst2_logit_kd.yaml"
 
 
-def accuracy(model_dir: str, max_rows: int | None) -> float:
+def accuracy(model_dir: str, max_rows: int | None) -> tuple[float, list[bool]]:
+    """Validation accuracy and right/wrong per sentence (for the paired test against the labels-only student)."""
     from llm_distill.evaluation.classification import evaluate_classifier
 
-    result = evaluate_classifier(model_dir, VALIDATION, text_columns=("sentence",), max_length=64, limit=max_rows)
-    return result["accuracy"]
+    result = evaluate_classifier(
+        model_dir, VALIDATION, text_columns=("sentence",), max_length=64, limit=max_rows, keep_correct=True
+    )
+    return result["accuracy"], result["correct"]
 
 
 def write_slices(out: str, rows: int, max_samples: int) -> dict[str, str]:
@@ -143,8 +148,12 @@ def main() -> None:
         [*no_teacher, "--teachers", f"[{ta}, {tb}]", "--multi_teacher", "sum"],
     )
 
-    for row in rows.values():
-        row["accuracy"] = accuracy(row["dir"], ns.eval_rows)
+    correct = {}
+    for key, row in rows.items():
+        row["accuracy"], correct[key] = accuracy(row["dir"], ns.eval_rows)
+    for key, row in rows.items():
+        if key != "labels_only" and not key.startswith("teacher"):
+            row["vs_labels_only"] = paired_proportions(correct[key], correct["labels_only"])
     os.makedirs("benchmarks/results", exist_ok=True)
     settings = {
         "max_samples": ns.max_samples,
@@ -155,7 +164,6 @@ def main() -> None:
     result_path = "benchmarks/results/who_teaches_sst2.json" if ns.out == "runs/multi_sst2" else f"{out}/result.json"
     with open(result_path, "w") as fh:
         json.dump({**settings, "rows": rows}, fh, indent=2)
-    base = rows["labels_only"]["accuracy"]
     tables = {
         "(a) two teachers": ["teacher_a", "teacher_b", "labels_only", "kd_a", "kd_b", "two_mixture", "two_sum"],
         "(b) mutual learning": ["labels_only", "mutual", "mutual_1"],
@@ -164,12 +172,23 @@ def main() -> None:
     }
     steps = ns.steps or "2 epochs of"
     print(f"\nSST-2 validation; students: first {ns.max_samples} rows of SST-2 train, {steps} steps\n")
+    print("Paired against the labels-only student on the same sentences: Newcombe's 95 % interval of the difference,")
+    print("McNemar's mid-p on the sentences exactly one of the two gets right, the verdict at mid-p < 0.05.")
     for title, keys in tables.items():
-        print(f"\n**{title}**\n\n| model | accuracy | vs labels only | training time |\n|---|---|---|---|")
+        print(f"\n**{title}**\n")
+        print("| model | accuracy | vs labels only (95 % CI) | only this / only labels-only right | mid-p | verdict |")
+        print("|---|---|---|---|---|---|")
         for key in keys:
             r = rows[key]
-            delta = "" if key.startswith("teacher") else f"{100 * (r['accuracy'] - base):+.2f} pts"
-            print(f"| {r['model']} | {100 * r['accuracy']:.2f} % | {delta} | {r['seconds'] / 60:.1f} min |")
+            pair = r.get("vs_labels_only")
+            if pair is None:
+                print(f"| {r['model']} | {100 * r['accuracy']:.2f} % | | | | |")
+                continue
+            lo, hi = (100 * v for v in pair["difference_ci"])
+            print(
+                f"| {r['model']} | {100 * r['accuracy']:.2f} % | {100 * pair['difference']:+.2f} pts "
+                f"[{lo:+.1f}, {hi:+.1f}] | {pair['b']} / {pair['c']} | {pair['mid_p']:.2g} | {pair['verdict']} |"
+            )
     print(f"\nwritten to {result_path}")
 
 

@@ -91,10 +91,12 @@ def evaluate_classifier(
     max_length: int = 128,
     device: str | None = "auto",
     dtype: str = "float32",
+    keep_correct: bool = False,
 ) -> dict:
     """Metrics of ``model_path`` on ``dataset`` (a local json/csv/tsv/parquet file or a hub id).
 
-    Returns the unrounded metrics plus ``num_examples``, ``num_labels`` and ``seconds``.
+    Returns the unrounded metrics plus ``num_examples``, ``num_labels`` and ``seconds``; with ``keep_correct``, also
+    ``correct``: right/wrong per example, in dataset order (for paired comparisons of two models).
     """
     ds = load_table(dataset, split=split, config_name=dataset_config, limit=limit)
     check_columns(ds, [*text_columns, label_column], "text/label")
@@ -107,6 +109,8 @@ def evaluate_classifier(
     preds = logits.argmax(-1).tolist()
     result = classification_metrics(preds, labels, num_classes=model.config.num_labels)
     result.update(num_examples=len(labels), num_labels=model.config.num_labels, seconds=time.perf_counter() - start)
+    if keep_correct:
+        result["correct"] = [p == y for p, y in zip(preds, labels)]
     return result
 
 
