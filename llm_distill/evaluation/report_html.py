@@ -25,6 +25,7 @@ p.note { color: #555; font-size: 0.88em; max-width: 1000px; }
 .verdict-better, .verdict-faster { color: #1a7f37; font-weight: 600; }
 .verdict-worse, .verdict-slower { color: #c62828; font-weight: 600; }
 img { max-width: 100%; border: 1px solid #eee; }
+.scroll { overflow-x: auto; }  /* a table wider than the page scrolls in its box instead of running off the edge */
 code { background: #f6f6f6; padding: 0 0.2em; }
 """
 
@@ -57,10 +58,10 @@ def html_page(report: dict, out_dir: str | Path) -> str:
         items = "".join(f"<li>{escape(w)}</li>" for w in report["warnings"])
         parts.append(f'<div class="warn"><strong>Timing warnings</strong><ul>{items}</ul></div>')
     for table in report_tables(report):
-        parts.append(f"<h2>{escape(table.title)}</h2><table>")
+        parts.append(f'<h2>{escape(table.title)}</h2><div class="scroll"><table>')
         parts.append("<tr>" + "".join(_cell(h, "th") for h in table.headers) + "</tr>")
         parts += ["<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in table.rows]
-        parts.append("</table>")
+        parts.append("</table></div>")
         parts += [f'<p class="note">{escape(n)}</p>' for n in table.notes]
     parts.append("<h2>Summary</h2>")
     parts.append(f'<img alt="summary plot" src="{data_uri(out_dir / "summary.png")}">')
