@@ -23,16 +23,21 @@ import os
 
 from _runs import run_training
 
+from llm_distill.evaluation.stats import paired_proportions
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VALIDATION = "../shared/data/sst2/validation.jsonl"
 PRETRAINED = "assets/minilm-l6"
 
 
-def accuracy(model_dir: str, rows: int | None) -> float:
+def accuracy(model_dir: str, rows: int | None) -> tuple[float, list[bool]]:
+    """Validation accuracy and right/wrong per sentence (for the paired test against the labels-only student)."""
     from llm_distill.evaluation.classification import evaluate_classifier
 
-    kw = {"limit": rows} if rows else {}
-    return evaluate_classifier(model_dir, VALIDATION, text_columns=("sentence",), max_length=64, **kw)["accuracy"]
+    result = evaluate_classifier(
+        model_dir, VALIDATION, text_columns=("sentence",), max_length=64, limit=rows, keep_correct=True
+    )
+    return result["accuracy"], result["correct"]
 
 
 def params(model_dir: str) -> int:
@@ -124,15 +129,21 @@ def main() -> None:
             dirs = [f"{out}/{s}" for s in stages] or [out]
             seconds, cmd = run_training(verb, recipe, [*common, *epochs, *student, "--output_dir", out], dirs)
             rows.append(
-                {"model": f"student: {label}", "width": width, "dir": dirs[-1], "seconds": seconds, "command": cmd}
-            )
+                {"model": f"student: {label}", "width": width, "dir": dirs[-1], "seconds": seconds, "command": cmd,
+                 "labels_only": name == "labels_only"}
+            )  # fmt: skip
 
     teacher_acc = None
+    labels_only_correct = {}
     for row in rows:
-        row["accuracy"] = accuracy(row["dir"], ns.eval_rows)
+        row["accuracy"], correct = accuracy(row["dir"], ns.eval_rows)
         row["parameters"] = params(row["dir"])
         teacher_acc = teacher_acc or row["accuracy"]
         row["retained_pct"] = 100.0 * row["accuracy"] / teacher_acc
+        if row.pop("labels_only", False):
+            labels_only_correct[row["width"]] = correct
+        elif row["width"] in labels_only_correct:  # the labels-only run is the first of each width
+            row["vs_labels_only"] = paired_proportions(correct, labels_only_correct[row["width"]])
     os.makedirs("benchmarks/results", exist_ok=True)
     settings = {k: getattr(ns, k) for k in ("max_samples", "teacher_rows", "epochs", "eval_rows")}
     with open("benchmarks/results/quality_relations_sst2.json", "w") as fh:
@@ -140,13 +151,25 @@ def main() -> None:
     print(
         f"\nSST-2 validation ({ns.eval_rows or 872} sentences); students: first {ns.max_samples} training sentences\n"
     )
-    print("| model | width | params | accuracy | % of teacher | training time | command |")
-    print("|---|---|---|---|---|---|---|")
+    print("Paired against the labels-only student of the same width on the same sentences: Newcombe's 95 % interval")
+    print("of the difference, McNemar's mid-p on the sentences exactly one of the two gets right, verdict at 0.05.\n")
+    print("| model | width | params | accuracy | % of teacher | vs labels only (95 % CI) | mid-p | verdict | time |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        pair = r.get("vs_labels_only")
+        paired = " | "
+        if pair:
+            lo, hi = (100 * v for v in pair["difference_ci"])
+            paired = (
+                f"{100 * pair['difference']:+.2f} pts [{lo:+.1f}, {hi:+.1f}] | {pair['mid_p']:.2g} | {pair['verdict']}"
+            )
         print(
             f"| {r['model']} | {r['width']} | {r['parameters'] / 1e6:.1f} M | {100 * r['accuracy']:.2f} % | "
-            f"{r['retained_pct']:.1f} % | {r['seconds'] / 60:.1f} min | `{r['command']}` |"
+            f"{r['retained_pct']:.1f} % | {paired} | {r['seconds'] / 60:.1f} min |"
         )
+    print("\nCommands:\n")
+    for r in rows:
+        print(r["command"])
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 from transformers import TrainingArguments
 
 from .checks import check_choice, check_non_negative
+from .losses.cross_vocab import CROSS_VOCAB_LOSSES
 from .losses.divergences import DIVERGENCE_KINDS, check_kind, check_temperature
 from .losses.features import ATTENTION_LOSS_KINDS, HIDDEN_LOSS_KINDS
 from .losses.relations import POOLINGS, RELATION_KINDS
@@ -277,6 +278,28 @@ class DistillationConfig(TrainingArguments):
     )
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens only (0 = off)."})
 
+    # ---- a teacher with another tokenizer -----------------------------------------------------------------------
+    cross_tokenizer_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Distil from a teacher whose tokenizer differs from the student's: the same raw text is tokenized "
+            "by both and compared where both predict the next token after the same characters, with "
+            f"{' | '.join(CROSS_VOCAB_LOSSES)} (see llm_distill.losses.cross_vocab). Causal LMs, live teacher. When "
+            "the two tokenizers are the same, the ordinary loss runs."
+        },
+    )
+    teacher_tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "The teacher's tokenizer (a path or hub id) for cross_tokenizer_loss; default: the one "
+                  "saved with teacher_model_name_or_path."},
+    )  # fmt: skip
+    cross_tokenizer_exact_weight: float = field(
+        default=1.0, metadata={"help": "cross_tokenizer_loss=hybrid: weight of the exact-map divergence (>= 0)."}
+    )
+    cross_tokenizer_uld_weight: float = field(
+        default=1.0, metadata={"help": "cross_tokenizer_loss=hybrid: weight of ULD on the unmatched mass (>= 0)."}
+    )
+
     def __post_init__(self):
         super().__post_init__()
         check_kind(self.kd_loss, self.jsd_beta, kind_field="kd_loss", beta_field="jsd_beta")
@@ -314,6 +337,7 @@ class DistillationConfig(TrainingArguments):
         self._check_who_teaches()
         self._check_generation()
         self._check_relations_and_selection()
+        self._check_cross_tokenizer()
 
     def _check_generation(self) -> None:
         if not isinstance(self.lmbda, int | float) or isinstance(self.lmbda, bool) or not 0 <= self.lmbda <= 1:
@@ -392,6 +416,55 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(
                     "online_distillation='co_train' fine-tunes a teacher in the run: set teacher_model_name_or_path"
                 )
+
+    def _check_cross_tokenizer(self) -> None:
+        for name in ("cross_tokenizer_exact_weight", "cross_tokenizer_uld_weight"):
+            check_non_negative(name, getattr(self, name), what="a loss weight")
+        if self.cross_tokenizer_loss is None:
+            if self.teacher_tokenizer is not None:
+                raise ValueError(
+                    f"teacher_tokenizer={self.teacher_tokenizer!r} is set without cross_tokenizer_loss; set "
+                    f"cross_tokenizer_loss to one of {', '.join(CROSS_VOCAB_LOSSES)}, or unset teacher_tokenizer"
+                )
+            return
+        check_choice("cross_tokenizer_loss", self.cross_tokenizer_loss, CROSS_VOCAB_LOSSES)
+        if (
+            self.cross_tokenizer_loss == "hybrid"
+            and self.cross_tokenizer_exact_weight == self.cross_tokenizer_uld_weight == 0
+        ):
+            raise ValueError(
+                "cross_tokenizer_loss='hybrid' with cross_tokenizer_exact_weight=0 and cross_tokenizer_uld_weight=0 "
+                "distils nothing; set at least one > 0"
+            )
+        what = f"cross_tokenizer_loss={self.cross_tokenizer_loss!r}"
+        if self.task not in ("auto", "causal_lm"):
+            raise ValueError(f"{what} compares next-token distributions: it needs task=causal_lm (or auto)")
+        if self.teacher_logits_path:
+            raise ValueError(
+                f"{what} needs a live teacher that reads its own tokenization of the text, but teacher_logits_path="
+                f"{self.teacher_logits_path!r} is a store of targets for the student's tokens; use "
+                "teacher_model_name_or_path"
+            )
+        conflicts = {
+            "teachers": bool(self.teachers),
+            "self_teacher": self.self_teacher is not None,
+            "online_distillation": self.online_distillation is not None,
+            "teacher_prompt": self.teacher_prompt is not None,
+            "hidden/attention/relation/RKD weights": self.uses_features,
+            "lmbda/seq_kd": self.generates,
+            "data_selection": self.data_selection is not None,
+        }
+        refused = [name for name, on in conflicts.items() if on]
+        if refused:
+            raise ValueError(
+                f"{what} is not supported together with {', '.join(refused)}: the teacher reads another "
+                "tokenization, so only the logit terms are aligned; unset them"
+            )
+        if isinstance(self.loss_chunk_size, int) and self.loss_chunk_size > 0:
+            raise ValueError(
+                f"{what} with loss_chunk_size={self.loss_chunk_size}: the fused loss is not available across "
+                "vocabularies (ULD sorts each full distribution); set loss_chunk_size=0 or 'auto'"
+            )
 
     def check_precision(self) -> None:
         """fp16 mixed precision needs a CUDA GPU; on a CPU transformers would silently train in fp32."""

@@ -105,6 +105,24 @@ TOKENIZER_FILES = (
 )
 
 
+def _bare_byte_level_bpe(folder: str):
+    """A folder holding only GPT-2's two files (``vocab.json`` + ``merges.txt``, no ``tokenizer.json`` or
+    ``tokenizer_config.json``) read as the byte-level BPE they define, ending texts with ``<|endoftext|>`` when the
+    vocabulary has it; None for any other folder or name. transformers cannot build a tokenizer from these two files
+    alone without knowing its class."""
+    files = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+    if not {"vocab.json", "merges.txt"} <= files or files & {"tokenizer.json", "tokenizer_config.json"}:
+        return None
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+    eos = "<|endoftext|>" if bpe.token_to_id("<|endoftext|>") is not None else None
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos)
+    tokenizer.name_or_path = folder
+    return tokenizer
+
+
 def load_tokenizer_of(name: str, field: str):
     """A model's tokenizer (no weights); a folder without vocabulary files is refused, naming ``field``: transformers
     would otherwise build a tokenizer that knows only the special tokens, and every text would read as [UNK]."""
@@ -114,7 +132,7 @@ def load_tokenizer_of(name: str, field: str):
             "beside the model (tokenizer.save_pretrained(folder))"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = _bare_byte_level_bpe(name) or AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(
             f"{field}={name!r} has no tokenizer that can be loaded ({' '.join(str(err).split())[:200]}); the "

@@ -24,7 +24,8 @@ from .features import (
     prepare_for_feature_distillation,
 )
 from .guards import NonFiniteGuards
-from .losses.terms import dense_logit_terms, fused_logit_terms
+from .losses.divergences import hard_ce
+from .losses.terms import cross_vocab_terms, dense_logit_terms, fused_logit_terms
 from .onpolicy import OnPolicySteps, kd_is_sample_kl, sample_reverse_kl
 from .saving import StudentSaving
 from .selection.tokens import SUM_KEYS as SELECTION_SUM_KEYS
@@ -39,7 +40,7 @@ from .teacher import (
     model_inputs,
     no_logits,
 )
-from .vocab import check_tokenizers, shared_vocab_size
+from .vocab import VocabMap, build_exact_map, check_tokenizers, gather_positions, same_vocabulary, shared_vocab_size
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +50,14 @@ SUM_KEYS = (
     "ce",
     "agree",
     "tokens",
+    "kd_items",
     *(key for term in FEATURE_TERMS for key in (term, f"{term}_tokens")),
     *SELECTION_SUM_KEYS,
 )
 # What each loss term is divided by: the window count of its own kind of item (a feature term's weight is the
-# config field f"{term}_weight").
-COUNT_KEYS = ("kd_tokens", *FEATURE_TERMS)
+# config field f"{term}_weight"). KD counts counted tokens, or aligned positions for a teacher with another
+# tokenizer; CE counts counted tokens.
+COUNT_KEYS = ("kd_tokens", "ce_tokens", *FEATURE_TERMS)
 
 
 class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
@@ -99,6 +102,8 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
                 raise ValueError(f"model={model!r} is a name; set task so the right Auto class loads it")
             model = load_model(model, args.task)
         self.task = args.task if args.task != "auto" else infer_task(model)
+        # A teacher with another tokenizer (cross_tokenizer_loss): the exact map between the two vocabularies.
+        self.vocab_map = self._cross_tokenizer_map(args, processing_class, teacher_processing_class)
         self.teacher = build_teacher_source(
             teacher_model,
             args,
@@ -107,6 +112,7 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             student=model,
+            teacher_tokenizer=teacher_processing_class if self.vocab_map is not None else None,
         )
         self.features: FeatureDistiller | None = None
         # Token-level data selection narrows the KD/CE counted tokens; None without it (or at the sample level).
@@ -127,10 +133,15 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
         if self.features is not None and args.label_names is None:
             # Trainer finds label names in the model's forward signature; the wrapper's is **inputs.
             self.label_names = find_labels(type(self.student))
-        check_tokenizers(teacher_processing_class, processing_class)
-        self.kd_vocab_size = shared_vocab_size(
-            self.teacher.output_width(self.task), getattr(self.student, "config", None), processing_class, self.task
-        )
+        self.kd_vocab_size = None
+        if self.vocab_map is None:
+            check_tokenizers(teacher_processing_class, processing_class)
+            self.kd_vocab_size = shared_vocab_size(
+                self.teacher.output_width(self.task),
+                getattr(self.student, "config", None),
+                processing_class,
+                self.task,
+            )
         self.fused = self._decide_fused()
         self.teacher.place(self.accelerator, self.args.device)
         self._metrics = {"train": defaultdict(float), "eval": defaultdict(float)}
@@ -139,6 +150,30 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
         self.onpolicy = self._build_onpolicy(processing_class) if args.generates else None
 
     # ---- setup ------------------------------------------------------------------------------------------------
+
+    def _cross_tokenizer_map(self, args: DistillationConfig, tokenizer, teacher_tokenizer) -> VocabMap | None:
+        """The exact map between the student's and the teacher's vocabularies, or None when one vocabulary serves
+        both (no cross_tokenizer_loss, or two identical tokenizers: the ordinary loss then runs, at no cost)."""
+        if args.cross_tokenizer_loss is None:
+            return None
+        if tokenizer is None or teacher_tokenizer is None:
+            raise ValueError(
+                f"cross_tokenizer_loss={args.cross_tokenizer_loss!r} needs both tokenizers: pass processing_class "
+                "(the student's) and teacher_processing_class (the teacher's)"
+            )
+        if same_vocabulary(teacher_tokenizer, tokenizer):
+            logger.info("cross_tokenizer_loss: the two tokenizers are the same; the ordinary loss runs")
+            return None
+        vocab_map = build_exact_map(tokenizer, teacher_tokenizer)
+        logger.info(
+            "cross_tokenizer_loss=%s: %d tokens matched exactly (%.1f %% of the student's vocabulary, %.1f %% of the "
+            "teacher's)",
+            args.cross_tokenizer_loss,
+            len(vocab_map),
+            100 * vocab_map.student_coverage(),
+            100 * vocab_map.teacher_coverage(),
+        )
+        return vocab_map
 
     def _wrap_with_features(self, student, args: DistillationConfig) -> StudentWithFeatures:
         if self.teacher.model is None:
@@ -156,6 +191,8 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
         """Why the fused lm_head + divergence cannot run here, or None when it can."""
         if self.task != "causal_lm":
             return f"it applies to causal LMs, and this run distils {self.task}"
+        if self.vocab_map is not None:
+            return "the teacher has another vocabulary (cross_tokenizer_loss), whose losses need full distributions"
         student = self.student
         head = student.get_output_embeddings() if hasattr(student, "get_output_embeddings") else None
         if type(head) is not nn.Linear:
@@ -217,10 +254,12 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
     def _count(self, batch: dict) -> torch.Tensor:
         """Counts in ``COUNT_KEYS`` order for one micro-batch."""
         mask, _ = targets(batch, self.task)
-        kd_tokens = self.selection.kept_count(mask) if self.selection is not None else mask.sum()
+        tokens = self.selection.kept_count(mask) if self.selection is not None else mask.sum()
+        kd_items = batch["align_mask"].sum().to(tokens) if self.vocab_map is not None else tokens
         feature = self.features.counts(real_token_mask(batch)) if self.features is not None else {}
         zero = mask.sum() * 0
-        return torch.stack([kd_tokens, *(torch.as_tensor(feature.get(t, zero)).to(zero) for t in FEATURE_TERMS)])
+        features = [torch.as_tensor(feature.get(t, zero)).to(zero) for t in FEATURE_TERMS]
+        return torch.stack([kd_items, tokens, *features])
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict | None:
         """Counted tokens of the whole accumulation window, summed over processes.
@@ -268,7 +307,8 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
                 attention_layers=self.features.teacher_attention_layers,
             )
         out = self.teacher(inputs, **kwargs)
-        self._check_teacher_finite(out, mask)
+        # Across two tokenizers the targets sit at the aligned positions, which the pair mask marks.
+        self._check_teacher_finite(out, inputs["align_mask"].bool() if self.vocab_map is not None else mask)
         return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -296,9 +336,14 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
         kd = dict(kind=args.kd_loss, temperature=args.temperature, beta=args.jsd_beta, scale_by_t2=args.scale_by_t2)
         want_ce = labels is not None and (args.ce_weight > 0 or mode == "eval")
         common = dict(mask=mask, labels=labels, kd=kd, vocab_size=self.kd_vocab_size)
-        kd_sum, ce_sum, agree, named = self._logit_terms(student_out, teacher_out, common, want_ce)
-
         local_tokens = mask.sum()
+        if self.vocab_map is not None:
+            kd_sum, ce_sum, agree = self._cross_vocab_terms(student_out, teacher_out, inputs, common, want_ce)
+            named, local_kd_items = {}, inputs["align_mask"].sum()
+        else:
+            kd_sum, ce_sum, agree, named = self._logit_terms(student_out, teacher_out, common, want_ce)
+            local_kd_items = local_tokens
+
         if self.onpolicy is not None and mode == "train":
             self.onpolicy.record_sample_kl(
                 inputs, lambda: self._sample_kl(mask, teacher_out, student_out, kd_sum), local_tokens
@@ -308,16 +353,21 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
             # DDP/FSDP/DeepSpeed average gradients over processes; the window count already spans all of them.
             scale = self.accelerator.num_processes
         else:
-            counts = {"kd_tokens": local_tokens, **{k: c for k, (_, c) in feature_terms.items()}}
+            counts = {
+                "kd_tokens": local_kd_items,
+                "ce_tokens": local_tokens,
+                **{k: c for k, (_, c) in feature_terms.items()},
+            }
             scale = 1
-        loss = (args.kd_weight * kd_sum + args.ce_weight * ce_sum) / counts["kd_tokens"].clamp(min=1)
+        loss = args.kd_weight * kd_sum / counts["kd_tokens"].clamp(min=1)
+        loss = loss + args.ce_weight * ce_sum / counts["ce_tokens"].clamp(min=1)
         for term, (term_sum, _) in feature_terms.items():
             loss = loss + getattr(args, f"{term}_weight") * term_sum / counts[term].clamp(min=1)
         loss = loss * scale
         self._check_loss_finite(loss, {"kd": kd_sum, "ce": ce_sum, **{k: v for k, (v, _) in feature_terms.items()}})
 
         with torch.no_grad():
-            sums = {"kd": kd_sum, "ce": ce_sum, "tokens": local_tokens}
+            sums = {"kd": kd_sum, "ce": ce_sum, "tokens": local_tokens, "kd_items": local_kd_items}
             if agree is not None:
                 sums["agree"] = agree
             for term, (term_sum, term_count) in feature_terms.items():
@@ -327,6 +377,32 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
             for key, value in sums.items():
                 self._metrics[mode][key] += value.detach().float()
         return (loss, student_out) if return_outputs else loss
+
+    def _cross_vocab_terms(self, student_out, teacher_out: TeacherOutputs, inputs: dict, common: dict, want_ce: bool):
+        """``(kd_sum, ce_sum, agreement count)`` for a teacher with another vocabulary: KD over the aligned
+        positions (``losses.cross_vocab``), CE over the student's own counted tokens."""
+        args: DistillationConfig = self.args
+        logits = student_out["logits"]
+        if self.vocab_map.student_ids.device != logits.device:
+            self.vocab_map = self.vocab_map.to(logits.device)
+        # The teacher id of each student id (-1: unmatched), for the agreement of the two top-1 tokens.
+        table = torch.full((logits.shape[-1],), -1, dtype=torch.long, device=logits.device)
+        keep = self.vocab_map.student_ids < logits.shape[-1]
+        table[self.vocab_map.student_ids[keep]] = self.vocab_map.teacher_ids[keep]
+        kd_sum, agree = cross_vocab_terms(
+            gather_positions(logits, inputs["align_student"]),
+            teacher_out.logits,
+            pair_mask=inputs["align_mask"].bool(),
+            loss=args.cross_tokenizer_loss,
+            student_ids=self.vocab_map.student_ids,
+            teacher_ids=self.vocab_map.teacher_ids,
+            student_to_teacher=table,
+            kd=common["kd"],
+            exact_weight=args.cross_tokenizer_exact_weight,
+            uld_weight=args.cross_tokenizer_uld_weight,
+        )
+        ce_sum = hard_ce(logits, common["labels"], reduction="sum") if want_ce else kd_sum.new_zeros(())
+        return kd_sum, ce_sum, agree
 
     def _logit_terms(self, student_out, teacher_out: TeacherOutputs, common: dict, want_ce: bool):
         """``(kd_sum, ce_sum, agreement count or None, named sums)`` on the dense or the fused path.
@@ -419,6 +495,7 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
                 totals = self.accelerator.reduce(totals, reduction="sum")
             totals = dict(zip(SUM_KEYS, totals.tolist()))
             kd, ce, agree, tokens = totals["kd"], totals["ce"], totals["agree"], totals["tokens"]
+            kd_items = totals["kd_items"]  # counted tokens, or aligned positions across two tokenizers
             prefix = "eval_" if mode == "eval" else ""
             for term in FEATURE_TERMS:
                 if totals[f"{term}_tokens"]:
@@ -426,14 +503,15 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
             logs.update(selection_logs(totals, prefix))
             # Nothing counted (e.g. a window of prompt-only rows): no KD/CE figure at all, rather than 0 and a
             # perplexity of 1.0 that would read as a perfect model.
+            if kd_items:
+                logs[f"{prefix}kd_loss"] = kd / kd_items
+                if "agree" in sums:
+                    logs[f"{prefix}agreement"] = agree / kd_items
             if tokens:
-                logs[f"{prefix}kd_loss"] = kd / tokens
                 if mode == "eval" or self.args.ce_weight > 0:
                     logs[f"{prefix}ce_loss"] = ce / tokens
                     if self.task == "causal_lm" and mode == "eval":
                         logs["eval_perplexity"] = math.exp(min(ce / tokens, 50.0))
-                if "agree" in sums:
-                    logs[f"{prefix}agreement"] = agree / tokens
             logs.update(self._named_logs(sums, prefix))
             self._metrics[mode].clear()
         if self.onpolicy is not None and mode == "train":
@@ -490,6 +568,7 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
             "data_selection": args.data_selection,
             "layer_map": args.layer_map if args.uses_features else None,
             "kd_vocab_size": self.kd_vocab_size,
+            "cross_tokenizer_loss": args.cross_tokenizer_loss if self.vocab_map is not None else None,
             "generation": self.onpolicy.describe() if self.onpolicy is not None else None,
         }
 

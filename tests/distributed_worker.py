@@ -35,6 +35,15 @@ def main(output_dir: str, per_device_batch: int, mode: str, accumulation: int = 
     teacher = tiny_llama(len(tokenizer), layers=4, hidden=48, seed=1)
     student = tiny_llama(len(tokenizer), layers=2, hidden=32, seed=2)
     extra = {"hidden_weight": 1.0, "attention_weight": 0.5} if mode == "features" else {}
+    teacher_tokenizer = None
+    if mode == "cross_tokenizer":
+        # A teacher with whole-word tokens: KD over aligned positions, CE over the student's counted tokens.
+        from test_cross_tokenizer_trainer import cross_dataset, student_tokenizer
+
+        teacher_tokenizer = student_tokenizer()
+        ds = cross_dataset(tokenizer, teacher_tokenizer, n=16)
+        teacher = tiny_llama(len(teacher_tokenizer), layers=4, hidden=48, seed=1)
+        extra = {"cross_tokenizer_loss": "hybrid"}
     if mode == "relational":
         extra = dict(RELATIONAL)
     elif mode == "onpolicy":
@@ -77,7 +86,12 @@ def main(output_dir: str, per_device_batch: int, mode: str, accumulation: int = 
         )
     else:
         trainer = DistillationTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=ds, processing_class=tokenizer
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=ds,
+            processing_class=tokenizer,
+            teacher_processing_class=teacher_tokenizer,
         )
     trainer.train()
     if trainer.is_world_process_zero():
@@ -87,6 +101,9 @@ def main(output_dir: str, per_device_batch: int, mode: str, accumulation: int = 
         torch.save(state, os.path.join(output_dir, "final.pt"))
         with open(os.path.join(output_dir, "log.json"), "w") as fh:
             json.dump(trainer.state.log_history, fh)
+    if torch.distributed.is_initialized():
+        # An explicit teardown: gloo process groups left to interpreter exit can abort ("terminate called ...").
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

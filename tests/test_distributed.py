@@ -64,7 +64,7 @@ def write_store(path):
     return f"cached:{path}"
 
 
-@pytest.mark.parametrize("mode", ["logits", "features", "cached", "onpolicy"])
+@pytest.mark.parametrize("mode", ["logits", "features", "cached", "onpolicy", "cross_tokenizer"])
 def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mode):
     if mode == "cached":
         mode = write_store(tmp_path / "store")
@@ -73,7 +73,16 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path, mo
     assert single.keys() == double.keys()
     for name in single:
         torch.testing.assert_close(double[name], single[name], atol=5e-6, rtol=1e-5, msg=name)
-    keys = ("loss", "kd_loss", "ce_loss", "hidden_loss", "attention_loss", "completion_length", "sample_reverse_kl")
+    keys = (
+        "loss",
+        "kd_loss",
+        "ce_loss",
+        "agreement",
+        "hidden_loss",
+        "attention_loss",
+        "completion_length",
+        "sample_reverse_kl",
+    )
     for a, b in zip(single_logs, double_logs):
         if mode == "onpolicy" and "loss" in a:
             assert a["onpolicy_fraction"] == b["onpolicy_fraction"] == 1.0

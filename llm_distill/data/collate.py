@@ -9,6 +9,14 @@ import torch
 ROW_SCALARS = ("sample_id", "prompt_length")
 
 
+def _padded(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(B, L)`` int64 values (0 where padded; at least one column) and their 0/1 mask."""
+    width = max(1, max(len(r) for r in rows))
+    values = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    return values, mask
+
+
 class DistillationCollator:
     """Right-pads a list of rows: input ids with the pad id, labels with -100, attention mask with 0."""
 
@@ -34,6 +42,13 @@ class DistillationCollator:
                 batch[key] = torch.tensor([int(r[key]) for r in rows], dtype=torch.long)
         if "teacher_index" in rows[0]:
             batch["teacher_index"] = torch.tensor([int(r["teacher_index"]) for r in rows], dtype=torch.long)
+        if "teacher_input_ids" in rows[0]:
+            # A teacher with another tokenizer: its own ids (right-padded, with their mask) and the aligned pairs.
+            batch["teacher_input_ids"], batch["teacher_attention_mask"] = _padded(
+                [r["teacher_input_ids"] for r in rows]
+            )
+            batch["align_student"], batch["align_mask"] = _padded([r["align_student"] for r in rows])
+            batch["align_teacher"], _ = _padded([r["align_teacher"] for r in rows])
         if "teacher_prompt_ids" in rows[0]:
             # The context teacher's own prompt, right-padded; its mask says which ids are real.
             width = max(len(r["teacher_prompt_ids"]) for r in rows)

@@ -10,6 +10,7 @@ from itertools import chain
 
 from datasets import Dataset
 
+from .aligned import aligned_pairs, tokenize_aligned
 from .config import DataConfig
 from .load import load_raw
 from .prompts import tokenize_prompt_completion
@@ -84,9 +85,13 @@ def with_sample_ids(ds: Dataset, start: int = 0) -> Dataset:
     return ds.add_column("sample_id", list(range(start, start + len(ds))))
 
 
-def build_datasets(cfg: DataConfig, tokenizer, **teacher_columns) -> tuple[Dataset, Dataset | None]:
+def build_datasets(
+    cfg: DataConfig, tokenizer, *, teacher_tokenizer=None, **teacher_columns
+) -> tuple[Dataset, Dataset | None]:
     """Load, tokenize and attach sample ids. Deterministic: the same config and tokenizer give the same rows.
 
+    ``teacher_tokenizer``: a teacher tokenizer that differs from the student's; each row then also holds the
+    teacher's tokenization and the aligned positions (``data.aligned``).
     ``teacher_columns`` (``teacher_prompt``, ``teacher_column``, ``teacher_names``): per-row columns that teacher
     sources read, see ``data.teachers.add_teacher_columns``.
     """
@@ -96,6 +101,8 @@ def build_datasets(cfg: DataConfig, tokenizer, **teacher_columns) -> tuple[Datas
         tokenizer.pad_token = tokenizer.eos_token
 
     def encode(raw: Dataset) -> Dataset:
+        if teacher_tokenizer is not None:
+            return tokenize_aligned(raw, tokenizer, teacher_tokenizer, cfg)
         encoded = ENCODERS[cfg.task](raw, tokenizer, cfg)
         return add_teacher_columns(encoded, raw, tokenizer, cfg, **teacher_columns) if teacher_columns else encoded
 
@@ -110,6 +117,11 @@ def build_datasets(cfg: DataConfig, tokenizer, **teacher_columns) -> tuple[Datas
                 f"dataset {cfg.path!r} gives no {name} rows with a counted token (rows: {len(ds)}, "
                 f"dataset.max_length={cfg.max_length}, packing={cfg.packing}): nothing to distil or evaluate; check "
                 "the file, the columns, and that prompts leave room for responses within max_length"
+            )
+        if ds is not None and teacher_tokenizer is not None and aligned_pairs(ds) == 0:
+            raise ValueError(
+                f"dataset {cfg.path!r}: no {name} position where the student's and the teacher's tokenizations end "
+                "at the same character; nothing for cross_tokenizer_loss to compare"
             )
     return train, evaluation
 

@@ -4,8 +4,10 @@ Per student: KL(teacher‖student) at T = 1 averaged over counted tokens (causal
 top-1 and top-5 agreement, and the 15-bin expected calibration error of teacher and student against the true
 next token / label (see ``metrics.AgreementAccumulator``).
 
-Causal LMs are scored on the strided windows of ``eval perplexity`` (each token counted once); they must share the
-teacher's tokenizer. Classifiers may have different tokenizers but must share the label set.
+Causal LMs are scored on the strided windows of ``eval perplexity`` (each token counted once). A student whose
+tokenizer is not the teacher's is scored on the positions where both predict the next token after the same text
+(top-1 agreement through the exact vocabulary map, ``cross_agreement``). Classifiers may have different tokenizers but
+must share the label set.
 
     python eval/distill.py --teacher runs/teacher --student runs/student \
         --text ../shared/data/wikitext-2/valid.txt --max-length 256 --max-tokens 20000
@@ -20,8 +22,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..vocab import same_vocabulary
 from .classification import label_ids, load_classifier, predict_logits
 from .common import add_common_args, check_columns, load_table, load_text, model_kind, rnd, write_json
+from .cross_agreement import cross_tokenizer_agreement
 from .metrics import AgreementAccumulator
 from .perplexity import load_causal_lm, strided_windows, tokenize_for_scoring, window_batch
 
@@ -33,14 +37,6 @@ def agreement_from_logits(
     acc = AgreementAccumulator(n_bins=n_bins)
     acc.update(student_logits, teacher_logits, targets)
     return acc.compute()
-
-
-def check_same_tokenizer(teacher_tok, student_tok, name: str) -> None:
-    if teacher_tok.get_vocab() != student_tok.get_vocab():
-        raise ValueError(
-            f"student {name!r} has a different vocabulary from the teacher ({len(student_tok)} vs {len(teacher_tok)} "
-            "tokens); token-level KL/agreement needs a shared tokenizer (compare bits-per-byte instead)"
-        )
 
 
 @torch.no_grad()
@@ -127,23 +123,34 @@ def run(
     if text is None:
         raise ValueError("causal LMs are compared on text: pass text=... (--text, a .txt file or dataset)")
     teacher, tok = load_causal_lm(teacher_path, device, dtype)
-    students = {}
+    students, other_tokenizers = {}, {}
     for path in student_paths:
         students[path], s_tok = load_causal_lm(path, device, dtype)
-        check_same_tokenizer(tok, s_tok, path)
-    ids, _ = tokenize_for_scoring(tok, load_text(text, text_columns[0], split, dataset_config), max_tokens=max_tokens)
+        if not same_vocabulary(tok, s_tok):
+            other_tokenizers[path] = s_tok
+    raw = load_text(text, text_columns[0], split, dataset_config)
+    ids, _ = tokenize_for_scoring(tok, raw, max_tokens=max_tokens)
     stride = max_length // 2 if stride is None else stride
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    per_student = causal_lm_agreement(
-        teacher,
-        students,
-        ids,
-        max_length=max_length,
-        stride=stride,
-        batch_size=batch_size,
-        pad_id=pad_id,
-        real_vocab=len(tok),
-    )
+    shared = {path: model for path, model in students.items() if path not in other_tokenizers}
+    per_student = {}
+    if shared:
+        per_student = causal_lm_agreement(
+            teacher,
+            shared,
+            ids,
+            max_length=max_length,
+            stride=stride,
+            batch_size=batch_size,
+            pad_id=pad_id,
+            real_vocab=len(tok),
+        )
+    for path, s_tok in other_tokenizers.items():
+        per_student[path] = cross_tokenizer_agreement(
+            teacher, tok, students[path], s_tok, raw, max_length=max_length, batch_size=batch_size,
+            max_positions=max_tokens,
+        )  # fmt: skip
+    per_student = {path: per_student[path] for path in student_paths}
     return {"kind": kind, "max_length": max_length, "stride": stride, "students": per_student}
 
 
@@ -188,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     result = rnd({"teacher": args.teacher, **result})
     for name, m in result["students"].items():
+        if m.get("cross_tokenizer"):
+            print(
+                f"{name}: top1 {m['top1_agreement']} at {m['aligned_positions']} aligned positions "
+                f"({m['aligned_share']} of its predictions; another tokenizer: compare bits per byte, not KL)"
+            )
+            continue
         print(
             f"{name}: KL {m['kl']}  top1 {m['top1_agreement']}  top5 {m['top5_agreement']}  "
             f"ECE teacher {m['ece_teacher']} student {m['ece_student']}  ({m['num_counted']} counted)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from .cross_vocab import exact_map_divergence, hybrid_loss, uld_loss
 from .divergences import divergence, hard_ce
 from .fused import fused_distillation_loss
 from .sparse import SparseTargets, sparse_divergence
@@ -112,3 +113,52 @@ def fused_logit_terms(
             top1 = teacher_top1(sparse=source["sparse_targets"])
         agree = (student_top1 == top1).sum()
     return kd_sum, ce_sum, agree
+
+
+def cross_vocab_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    pair_mask: torch.Tensor,
+    loss: str,
+    student_ids: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    student_to_teacher: torch.Tensor,
+    kd: dict,
+    exact_weight: float = 1.0,
+    uld_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(kd_sum, agreement count)`` over the aligned positions of a student and a teacher with two vocabularies.
+
+    Args:
+        student_logits: ``(B, P, V_S)`` at the aligned positions; teacher_logits: ``(B, P, V_T)`` at the same pairs.
+        pair_mask: ``(B, P)`` bool, the pairs that count.
+        loss: ``uld`` | ``exact`` | ``hybrid`` (``cross_vocab``); ULD compares sorted distributions and ignores
+            ``kd``'s kind and beta.
+        student_ids, teacher_ids: ``(K,)`` the exact map's pairs; student_to_teacher: ``(V_S,)`` int64, the teacher
+            id of each student id or -1 (for the agreement: the student's top-1 maps to the teacher's top-1).
+        kd: the divergence's kind, temperature, beta and scale_by_t2.
+    """
+    common = {
+        "temperature": kd["temperature"],
+        "mask": pair_mask,
+        "reduction": "sum",
+        "scale_by_t2": kd["scale_by_t2"],
+    }
+    if loss == "uld":
+        kd_sum = uld_loss(student_logits, teacher_logits, **common)
+    elif loss == "exact":
+        kd_sum = exact_map_divergence(
+            student_logits, teacher_logits, student_ids, teacher_ids, kind=kd["kind"], beta=kd["beta"], **common
+        )
+    elif loss == "hybrid":
+        kd_sum = hybrid_loss(
+            student_logits, teacher_logits, student_ids, teacher_ids, exact_weight=exact_weight,
+            uld_weight=uld_weight, kind=kd["kind"], beta=kd["beta"], **common,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"loss={loss!r} is not accepted; expected uld, exact or hybrid")
+    with torch.no_grad():
+        mapped = student_to_teacher.to(student_logits.device)[student_logits.argmax(-1)]
+        agree = ((mapped == teacher_logits.argmax(-1).to(mapped.device)) & pair_mask).sum()
+    return kd_sum, agree

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 
 from ..data import DataConfig, build_datasets
+from ..data.aligned import check_aligned_data
 from ..features import feature_distiller_for
 from ..student import apply_config_overrides, student_config
 from ..tasks import AUTO_CLASSES, load_tokenizer_of, model_config, task_for_data
 from ..teacher.store import LogitStore, expected_store_fingerprint
-from ..vocab import check_tokenizers, shared_vocab_size
+from ..vocab import check_tokenizers, same_vocabulary, shared_vocab_size
 from .outdir import check_output_dir
 from .regimes import check_teacher_tokenizers, first_live_teacher, teacher_columns
 from .schema import Recipe
@@ -40,7 +41,8 @@ class Checked:
     data: DataConfig
     task: str
     tokenizer: object
-    teacher_tokenizer: object | None  # the teacher's own, when the student has another checkpoint (same ids)
+    # The teacher's own: when the student has another checkpoint (same ids), or with cross_tokenizer_loss (other ids).
+    teacher_tokenizer: object | None
     teacher_config: object | None
     student_config: object | None
     train_dataset: object
@@ -63,6 +65,7 @@ def resolve_student_config(recipe: Recipe, teacher_config, task: str):
     if spec.get("from_teacher") is not None:
         shape = dict(spec["from_teacher"])
         init_from = shape.pop("init_from", None)
+        shape.pop("tokenizer", None)  # a transplanted tokenizer sets vocab_size once it is loaded
         source = model_config(init_from, "student.from_teacher.init_from") if init_from else teacher_config
         if source is None:
             raise ValueError(
@@ -201,6 +204,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
             config = model_config(spec["path"], f"teachers[{i}].path")
             teacher_config = teacher_config or config  # the first live teacher shapes the student
     checkpoint, field = student_checkpoint(recipe)
+    transplant = (recipe.student.get("from_teacher") or {}).get("tokenizer")
     from_previous = previous is not None and checkpoint == previous.args.output_dir and not os.path.isdir(checkpoint)
     student_cfg = previous.student_config if from_previous else resolve_student_config(recipe, teacher_config, task)
 
@@ -208,6 +212,8 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
         tokenizer = previous.tokenizer
     elif checkpoint:
         tokenizer = load_tokenizer_of(checkpoint, field)
+    elif transplant:
+        tokenizer = load_tokenizer_of(transplant, "student.from_teacher.tokenizer")
     elif args.teacher_model_name_or_path:
         tokenizer = load_tokenizer_of(args.teacher_model_name_or_path, "teacher_model_name_or_path")
     elif first_live_teacher(args):
@@ -217,15 +223,20 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
             "no tokenizer source: set student.model_name_or_path, student.from_teacher.init_from or "
             "teacher_model_name_or_path"
         )
-    teacher_tokenizer = None
-    if checkpoint and args.teacher_model_name_or_path and verb != "finetune":
+    if transplant and not from_previous:
+        student_cfg.vocab_size = len(tokenizer)
+    teacher_tokenizer = cross_tokenizer = None
+    if args.cross_tokenizer_loss and verb != "finetune":
+        cross_tokenizer = teacher_tokenizer = cross_teacher_tokenizer(args, tokenizer, data, verb)
+    elif (checkpoint or transplant) and args.teacher_model_name_or_path and verb != "finetune":
         # The teacher reads ids made by the student's tokenizer: both must map every token to the same id.
         teacher_tokenizer = load_tokenizer_of(args.teacher_model_name_or_path, "teacher_model_name_or_path")
         check_tokenizers(teacher_tokenizer, tokenizer)
 
     if args.teachers:
         check_teacher_tokenizers(args, tokenizer)
-    if live or verb in ("cache-logits", "generate", "score-data"):
+    # The teacher's outputs meet the student's ids (finetune reads no teacher output; a cross-tokenizer run maps them).
+    if (live or verb in ("cache-logits", "generate", "score-data")) and verb != "finetune" and cross_tokenizer is None:
         shared_vocab_size(_output_width(teacher_config, task), student_cfg, tokenizer, task)
     if live and verb != "finetune":
         feature_distiller_for(args, student_cfg, teacher_config, task=task)
@@ -236,7 +247,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
     check_positions(data, {"student": student_cfg, "teacher": teacher_config})
 
     with args.main_process_first(desc="tokenize"):
-        train_ds, eval_ds = build_datasets(data, tokenizer, **teacher_columns(args))
+        train_ds, eval_ds = build_datasets(data, tokenizer, teacher_tokenizer=cross_tokenizer, **teacher_columns(args))
     check_labels(train_ds, student_cfg, task)
     if verb in ("train", "check") and args.teacher_logits_path:
         expected = expected_store_fingerprint(args, task, tokenizer, train_ds, eval_ds)
@@ -249,6 +260,25 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
         state = check_output_dir(args, recipe)
     return Checked(recipe, args, data, task, tokenizer, teacher_tokenizer, teacher_config, student_cfg, train_ds,
                    eval_ds, state)  # fmt: skip
+
+
+def cross_teacher_tokenizer(args, tokenizer, data: DataConfig, verb: str):
+    """The teacher's tokenizer for ``cross_tokenizer_loss`` when it differs from the student's, else None (one
+    vocabulary: the ordinary loss runs)."""
+    name, field = args.teacher_tokenizer, "teacher_tokenizer"
+    if name is None:
+        name, field = args.teacher_model_name_or_path, "teacher_model_name_or_path"
+    teacher_tokenizer = load_tokenizer_of(name, field)
+    if same_vocabulary(teacher_tokenizer, tokenizer):
+        logger.info("cross_tokenizer_loss: %s=%r has the student's vocabulary; the ordinary loss runs", field, name)
+        return None
+    if verb in ("cache-logits", "generate", "score-data"):
+        raise ValueError(
+            f"cross_tokenizer_loss={args.cross_tokenizer_loss!r}: `llm-distill {verb}` writes teacher outputs for the "
+            "student's tokens, which a teacher with another tokenizer does not read; train with the live teacher"
+        )
+    check_aligned_data(data)
+    return teacher_tokenizer
 
 
 def _output_width(config, task: str) -> int | None:

@@ -11,9 +11,10 @@ from transformers import set_seed
 
 from ..data import DistillationCollator
 from ..student import apply_lora, save_merged, student_from_teacher
-from ..tasks import load_model
+from ..tasks import load_model, load_tokenizer_of
 from ..teacher.store import cache_logits, store_dataset
 from ..trainer import DistillationTrainer
+from ..vocab import transplant_tokenizer
 from .outdir import start_run
 from .preflight import Checked, preflight
 from .regimes import first_live_teacher, train_generations, train_online_stage
@@ -44,12 +45,21 @@ def build_student(recipe: Recipe, args, task: str, teacher):
         # init_from: take the layers from another checkpoint of the teacher's family, typically the pretrained one
         # the teacher was fine-tuned from, so that a no-teacher baseline does not inherit the teacher's task.
         init_from = shape.pop("init_from", None)
+        new_tokenizer = shape.pop("tokenizer", None)
         source = load_model(init_from, task, **extra) if init_from else teacher
         if source is None:
             raise ValueError(
                 "student.from_teacher needs a live teacher (teacher_model_name_or_path) or from_teacher.init_from"
             )
         student = student_from_teacher(source, **shape, config_overrides=overrides)
+        if new_tokenizer:
+            # The student keeps the teacher's layers and gets another tokenizer (vocab.transplant).
+            source_name = init_from or args.teacher_model_name_or_path
+            transplant_tokenizer(
+                student,
+                load_tokenizer_of(new_tokenizer, "student.from_teacher.tokenizer"),
+                load_tokenizer_of(source_name, "student.from_teacher.init_from" if init_from else "teacher"),
+            )
         if "attn_implementation" in extra:
             student.set_attn_implementation(extra["attn_implementation"])
     elif spec.get("model_name_or_path"):

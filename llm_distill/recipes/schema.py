@@ -64,6 +64,7 @@ def block_specs() -> dict[str, dict]:
                 student_from_teacher, skip=("teacher_model", "model_class", "attn_implementation", "config_overrides")
             ),
             "init_from": str,
+            "tokenizer": str,
         },
         "student.peft": {**_parameters(apply_lora, skip=("model",)), "merge": bool},
         "cache": {key: hint for key, hint in _parameters(cache_logits).items() if key in CACHE_KEYS}

@@ -3,10 +3,12 @@
 ``live`` (a frozen model run per batch), ``cached`` (sparse targets from a logit store), ``store/`` (writing and
 reading such stores), ``sharding`` (where a live teacher sits under each distributed strategy), ``multi`` (several
 teachers: mixture, sum, routed rows), ``own`` (the student as its own teacher: an EMA / frozen copy, its live
-weights, its LoRA base), ``context`` (the teacher reads another prompt before the same completion), ``sources``
-(which source a run uses).
+weights, its LoRA base), ``context`` (the teacher reads another prompt before the same completion), ``aligned`` (a
+teacher with another tokenizer reads its own ids and answers at aligned positions), ``sources`` (which source a run
+uses).
 """
 
+from .aligned import AlignedTeacher
 from .base import (
     TEACHER_BATCH_KEYS,
     TeacherOutputs,
@@ -25,6 +27,7 @@ from .sources import build_teacher_source
 
 __all__ = [
     "TEACHER_BATCH_KEYS",
+    "AlignedTeacher",
     "CachedTeacher",
     "ContextTeacher",
     "EmaTeacher",

@@ -72,8 +72,17 @@ class TeacherPart:
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 # Batch columns that only teacher sources read (the student never sees them): the logit-store row id, the context
-# teacher's own prompt, the routed teacher of each row. The trainer keeps them through column pruning.
-TEACHER_BATCH_KEYS = ("sample_id", "teacher_prompt_ids", "teacher_prompt_mask", "teacher_index")
+# teacher's own prompt, the routed teacher of each row, a teacher tokenizer's own ids and the aligned positions. The
+# trainer keeps them through column pruning.
+TEACHER_BATCH_KEYS = (
+    "sample_id",
+    "teacher_prompt_ids",
+    "teacher_prompt_mask",
+    "teacher_index",
+    "teacher_input_ids",
+    "align_student",
+    "align_teacher",
+)
 
 
 def model_inputs(batch: dict) -> dict:

@@ -7,6 +7,7 @@ new kind of source is added here (and in its own module), not in the trainer.
 from __future__ import annotations
 
 from ..tasks import load_model
+from .aligned import AlignedTeacher
 from .base import TeacherSource
 from .cached import CachedTeacher
 from .context import ContextTeacher
@@ -17,7 +18,15 @@ from .store.fingerprint import expected_store_fingerprint
 
 
 def build_teacher_source(
-    teacher_model, args, *, task: str, tokenizer=None, train_dataset=None, eval_dataset=None, student=None
+    teacher_model,
+    args,
+    *,
+    task: str,
+    tokenizer=None,
+    train_dataset=None,
+    eval_dataset=None,
+    student=None,
+    teacher_tokenizer=None,
 ) -> TeacherSource:
     """The run's teacher: a logit store (``args.teacher_logits_path``), a model passed in, or one loaded by name.
 
@@ -27,6 +36,8 @@ def build_teacher_source(
         task: the distillation task (decides the Auto class a named teacher loads with).
         tokenizer, train_dataset, eval_dataset: what a logit store must have been written for (its fingerprint).
         student: the student model, for the sources that are made of it (``self_teacher``).
+        teacher_tokenizer: a teacher tokenizer that differs from the student's (``cross_tokenizer_loss``): the teacher
+            then reads its own tokenization of each row (``aligned.AlignedTeacher``).
     """
     source = _who_teaches(teacher_model, args, task, tokenizer, train_dataset, eval_dataset, student)
     if source is None:
@@ -34,6 +45,8 @@ def build_teacher_source(
     if getattr(args, "teacher_prompt", None):
         pad = getattr(tokenizer, "pad_token_id", None)
         source = ContextTeacher(source, pad_token_id=pad if pad is not None else 0)
+    if teacher_tokenizer is not None:
+        source = AlignedTeacher(source, tokenizer_name=getattr(teacher_tokenizer, "name_or_path", None))
     return source
 
 

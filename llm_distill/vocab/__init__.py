@@ -20,7 +20,7 @@ from .align import (
     prompt_example,
     text_example,
 )
-from .compat import check_tokenizers, shared_vocab_size
+from .compat import check_tokenizers, same_vocabulary, shared_vocab_size
 from .exact_map import VocabMap, build_exact_map, normalize_token, token_bytes, token_scheme
 from .transplant import TransplantReport, teacher_tokenization, transplant_tokenizer
 
@@ -38,6 +38,7 @@ __all__ = [
     "gather_positions",
     "normalize_token",
     "prompt_example",
+    "same_vocabulary",
     "shared_vocab_size",
     "teacher_tokenization",
     "text_example",

@@ -18,18 +18,24 @@ def _vocab_diff(teacher_vocab: dict, student_vocab: dict, limit: int = 5) -> lis
     return diffs
 
 
+def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
+    """Both tokenizers map every token to the same id (what id-by-id distillation needs)."""
+    return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+
+
 def check_tokenizers(teacher_tokenizer, student_tokenizer) -> None:
     """Same-tokenizer distillation needs identical token -> id maps; say which tokens differ otherwise."""
     if teacher_tokenizer is None or student_tokenizer is None:
         return
-    tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    if tv != sv:
+    if not same_vocabulary(teacher_tokenizer, student_tokenizer):
+        tv, sv = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
         diffs = _vocab_diff(tv, sv)
         raise ValueError(
             f"the teacher's tokenizer ({len(tv)} tokens) and the student's ({len(sv)} tokens) differ, e.g. "
             + "; ".join(diffs)
             + ". Token-level distillation compares distributions id by id, so both must share one tokenizer; "
-            "use the teacher's tokenizer for the student (cross-tokenizer distillation is not supported)."
+            "use the teacher's tokenizer for the student, or set cross_tokenizer_loss (uld, exact or hybrid) to "
+            "distil across the two tokenizers."
         )
 
 
