@@ -102,8 +102,12 @@ def main(output_dir: str, per_device_batch: int, mode: str, accumulation: int = 
         with open(os.path.join(output_dir, "log.json"), "w") as fh:
             json.dump(trainer.state.log_history, fh)
     if torch.distributed.is_initialized():
-        # An explicit teardown: gloo process groups left to interpreter exit can abort ("terminate called ...").
-        torch.distributed.destroy_process_group()
+        # Leave without the interpreter's teardown: destroying gloo process groups at exit can abort the process
+        # ("terminate called without an active exception") after every result was written, and an explicit
+        # destroy_process_group has hung here when the other process had already left.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

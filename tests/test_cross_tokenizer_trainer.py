@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import yaml
-from _tokenizer_helpers import trained_byte_bpe
+from _tokenizer_helpers import GPT2_DIR, trained_byte_bpe
 from conftest import make_char_tokenizer, tiny_llama
 from datasets import Dataset
 from test_trainer import PROMPTS, RESPONSES, flat_params, make_args
@@ -225,6 +225,7 @@ def test_a_recipe_trains_a_transplanted_student_against_the_teacher_and_exports_
     [
         ({"cross_tokenizer_loss": None}, "the teacher's tokenizer .* differ"),
         ({"dataset": {"path": "rows.jsonl", "task": "text", "packing": True}}, "dataset.packing=true"),
+        ({"teacher_tokenizer": GPT2_DIR}, "has 50257 tokens but the teacher's output"),
     ],
 )
 def test_a_recipe_is_refused_before_weights_are_read(tmp_path, overrides, match):

@@ -56,9 +56,11 @@ class OnlineDistillationTrainer(DistillationTrainer):
                 raise ValueError(f"the cohort's models have different numbers of labels: {labels}")
         self.teacher = None  # the teachers are members of the cohort
         self.features = None
-        # What the base trainer's window hooks look for; the config refuses generation and selection here.
+        # What the base trainer's window hooks look for; the config refuses generation, selection and a teacher
+        # with another tokenizer here.
         self.onpolicy = None
         self.selection = None
+        self.vocab_map = None
         if data_collator is None and processing_class is not None and hasattr(processing_class, "pad_token_id"):
             data_collator = DistillationCollator(processing_class)
         Trainer.__init__(

@@ -227,7 +227,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
         student_cfg.vocab_size = len(tokenizer)
     teacher_tokenizer = cross_tokenizer = None
     if args.cross_tokenizer_loss and verb != "finetune":
-        cross_tokenizer = teacher_tokenizer = cross_teacher_tokenizer(args, tokenizer, data, verb)
+        cross_tokenizer = teacher_tokenizer = cross_teacher_tokenizer(args, tokenizer, data, verb, teacher_config)
     elif (checkpoint or transplant) and args.teacher_model_name_or_path and verb != "finetune":
         # The teacher reads ids made by the student's tokenizer: both must map every token to the same id.
         teacher_tokenizer = load_tokenizer_of(args.teacher_model_name_or_path, "teacher_model_name_or_path")
@@ -262,7 +262,7 @@ def preflight(recipe: Recipe, verb: str, *, previous: Checked | None = None) -> 
                    eval_ds, state)  # fmt: skip
 
 
-def cross_teacher_tokenizer(args, tokenizer, data: DataConfig, verb: str):
+def cross_teacher_tokenizer(args, tokenizer, data: DataConfig, verb: str, teacher_config):
     """The teacher's tokenizer for ``cross_tokenizer_loss`` when it differs from the student's, else None (one
     vocabulary: the ordinary loss runs)."""
     name, field = args.teacher_tokenizer, "teacher_tokenizer"
@@ -276,6 +276,12 @@ def cross_teacher_tokenizer(args, tokenizer, data: DataConfig, verb: str):
         raise ValueError(
             f"cross_tokenizer_loss={args.cross_tokenizer_loss!r}: `llm-distill {verb}` writes teacher outputs for the "
             "student's tokens, which a teacher with another tokenizer does not read; train with the live teacher"
+        )
+    rows = getattr(teacher_config, "vocab_size", None)
+    if rows is not None and len(teacher_tokenizer) > rows:
+        raise ValueError(
+            f"{field}={name!r} has {len(teacher_tokenizer)} tokens but the teacher's output vocabulary has {rows}; "
+            "teacher_tokenizer must be the tokenizer the teacher was trained with"
         )
     check_aligned_data(data)
     return teacher_tokenizer
