@@ -10,7 +10,7 @@ byte on it choose the KD weight, ``--kd-weight``); the rest are read --steps x -
 for every arm. Metric: bits per byte on the first --eval-chars characters of WikiText-2 *test* (window 256, stride
 128, in each model's own tokens: bits per byte does not depend on the tokenizer).
 
-    python benchmarks/quality_cross_tokenizer_wikitext.py                 # about an hour on 2 quiet CPU cores
+    python benchmarks/quality_cross_tokenizer_wikitext.py --gold          # about an hour on 2 quiet CPU cores
     python benchmarks/quality_cross_tokenizer_wikitext.py --steps 3 --eval-chars 2000 --out runs/xtok_tiny
 
 Finished runs are reused. Prints a Markdown table and writes benchmarks/results/quality_cross_tokenizer_wikitext.json
@@ -99,7 +99,7 @@ def read_texts(heldout_path: str, chars: int) -> tuple[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=160, help="student (GPT-2) tokens per row")
     parser.add_argument("--chunk-chars", type=int, default=500)
