@@ -241,3 +241,19 @@ def test_data_selection_is_a_recipe_block_with_overrides(tmp_path):
     recipe = load_recipe(path, ["--data_selection.keep", "0.7"])
     args = recipe.training_args()
     assert isinstance(args, DistillationConfig) and args.selection == DataSelection(**TOKEN, keep=0.7)
+
+
+def test_head_row_stats_with_chunk_0_takes_whole_chunks_not_one_row_at_a_time(monkeypatch):
+    """loss_chunk_size 'auto' reaches the scorer as 0: it must mean the fused loss's chunk size (a per-row loop made
+    token-level selection five times slower than training without it)."""
+    from llm_distill.losses import selection
+
+    torch.manual_seed(0)
+    hidden, weight, labels = torch.randn(64, 16), torch.randn(100, 16), torch.randint(0, 100, (64,))
+    calls = []
+    linear = F.linear
+    monkeypatch.setattr(selection.F, "linear", lambda *a, **k: calls.append(1) or linear(*a, **k))
+    nll, _ = selection.head_row_stats(hidden, weight, None, labels, chunk_size=0)
+    assert len(calls) == 1
+    want, _ = selection.logit_row_stats(hidden @ weight.T, labels)
+    torch.testing.assert_close(nll, want)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .fused.autograd import auto_chunk_size
+
 SELECTION_SCORES = ("teacher_nll", "teacher_entropy", "excess_loss")
 SELECTION_LEVELS = ("sample", "token")
 # The end of the score scale that is kept unless the run says otherwise: tokens the student has yet to learn
@@ -97,11 +99,14 @@ def head_row_stats(
     Args:
         hidden: ``(N, H)`` final normed hidden states of the counted rows; weight: ``(V, H)`` lm_head; bias ``(V,)``.
         vocab_size: leading logit columns that are real tokens (None: all).
+        chunk_size: rows per chunk; 0 picks ``fused.autograd.auto_chunk_size`` for the vocabulary.
     """
+    # 0 (the trainer's loss_chunk_size: auto) takes the fused loss's own chunk size, never one row at a time.
+    chunk = chunk_size if chunk_size > 0 else auto_chunk_size(weight.shape[0])
     nlls, entropies = [], []
     with torch.no_grad():
-        for start in range(0, hidden.shape[0], max(1, chunk_size)):
-            rows = slice(start, start + max(1, chunk_size))
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
             logits = F.linear(hidden[rows].to(weight.dtype), weight, bias)
             logits = logits if vocab_size is None else logits[:, :vocab_size]
             a, b = logit_row_stats(logits, None if labels is None else labels[rows], nll=nll, entropy=entropy)
