@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..vocab.align import gather_positions
-from .base import TeacherOutputs, TeacherSource
+from .base import TeacherOutputs, TeacherSource, WrappingSource
 
 ALIGNED_BATCH_KEYS = ("teacher_input_ids", "teacher_attention_mask", "align_student", "align_teacher", "align_mask")
 
 
-class AlignedTeacher:
+class AlignedTeacher(WrappingSource):
     """Wraps a live teacher source so that it reads the teacher's own tokenization of each row.
 
     Args:
@@ -26,22 +26,8 @@ class AlignedTeacher:
     """
 
     def __init__(self, inner: TeacherSource, *, tokenizer_name: str | None = None):
-        self.inner = inner
+        super().__init__(inner)
         self.tokenizer_name = tokenizer_name
-
-    @property
-    def model(self):
-        return self.inner.model
-
-    @property
-    def config(self):
-        return self.inner.config
-
-    def output_width(self, task: str) -> int | None:
-        return self.inner.output_width(task)
-
-    def place(self, accelerator, device) -> None:
-        self.inner.place(accelerator, device)
 
     def describe(self) -> dict:
         return {**self.inner.describe(), "teacher_tokenizer": self.tokenizer_name}

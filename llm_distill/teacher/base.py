@@ -145,6 +145,28 @@ class TeacherSource(Protocol):
         ...
 
 
+class WrappingSource:
+    """A source around another one (``inner``) that changes what the teacher reads or how its answers are indexed;
+    the model, config, output width and placement are the inner source's."""
+
+    def __init__(self, inner: TeacherSource):
+        self.inner = inner
+
+    @property
+    def model(self):
+        return self.inner.model
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def output_width(self, task: str) -> int | None:
+        return self.inner.output_width(task)
+
+    def place(self, accelerator, device) -> None:
+        self.inner.place(accelerator, device)
+
+
 @runtime_checkable
 class TrainedTeacherSource(Protocol):
     """A source whose teacher changes during the run (an EMA of the student), so its state is part of the run's.

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import TeacherOutputs, TeacherSource
+from .base import TeacherOutputs, TeacherSource, WrappingSource
 
 
 def completion_spans(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,7 +33,7 @@ def completion_spans(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.minimum(start, end), end
 
 
-class ContextTeacher:
+class ContextTeacher(WrappingSource):
     """Wraps any teacher source so that it reads ``teacher prompt + the student's completion``.
 
     Args:
@@ -42,22 +42,8 @@ class ContextTeacher:
     """
 
     def __init__(self, inner: TeacherSource, *, pad_token_id: int = 0):
-        self.inner = inner
+        super().__init__(inner)
         self.pad_token_id = pad_token_id
-
-    @property
-    def model(self):
-        return self.inner.model
-
-    @property
-    def config(self):
-        return self.inner.config
-
-    def output_width(self, task: str) -> int | None:
-        return self.inner.output_width(task)
-
-    def place(self, accelerator, device) -> None:
-        self.inner.place(accelerator, device)
 
     def describe(self) -> dict:
         return {**self.inner.describe(), "teacher_prompt": True}
