@@ -189,7 +189,7 @@ def write_recipe(tmp_path, **overrides):
     recipe = {
         "teacher_model_name_or_path": write_teacher(tmp_path / "teacher"),
         "student": {"from_teacher": {"num_layers": 2, "tokenizer": str(student_dir)}},
-        "dataset": {"path": str(data), "task": "instruction", "max_length": 64},
+        "dataset": {"path": str(data), "task": "instruction", "max_length": 64, "eval_size": 2},
         "output_dir": str(tmp_path / "run"),
         "cross_tokenizer_loss": "hybrid",
         "ce_weight": 0.5,
@@ -218,6 +218,8 @@ def test_a_recipe_trains_a_transplanted_student_against_the_teacher_and_exports_
     assert meta["cross_tokenizer_loss"] == "hybrid" and meta["teacher_tokenizer"]
     logs = json.load(open(out / "trainer_state.json"))["log_history"]
     assert all(torch.isfinite(torch.tensor(e["kd_loss"])) for e in logs if "kd_loss" in e)
+    evaluation = json.load(open(out / "eval_results.json"))  # the held-out rows are aligned and scored too
+    assert evaluation["eval_kd_loss"] > 0 and 0 <= evaluation["eval_agreement"] <= 1 and evaluation["eval_ce_loss"] > 0
 
 
 @pytest.mark.parametrize(
