@@ -6,9 +6,10 @@ Setting: every student is ``configs/cross_tokenizer_wikitext.yaml``'s — the te
 layers, with the GPT-2 tokenizer transplanted (shared tokens copied, the others the mean of their teacher pieces) —
 and starts from the same weights. Training text: WikiText-2 *valid*, cut at word boundaries into chunks of about
 --chunk-chars characters; the last --heldout-share of the chunks is a validation split carved from it (bits per
-byte on it choose the KD weight, ``--kd-weight``); the rest are read --steps x --batch-size rows, in the same order
-for every arm. Metric: bits per byte on the first --eval-chars characters of WikiText-2 *test* (window 256, stride
-128, in each model's own tokens: bits per byte does not depend on the tokenizer).
+byte on its first --heldout-chars characters, for choosing ``--kd-weight``); the rest are read --steps x
+--batch-size rows, in the same order for every arm. Metric: bits per byte on the first --eval-chars characters of
+WikiText-2 *test* (window 256, stride 128, in each model's own tokens: bits per byte does not depend on the
+tokenizer).
 
     python benchmarks/quality_cross_tokenizer_wikitext.py --gold          # about an hour on 2 quiet CPU cores
     python benchmarks/quality_cross_tokenizer_wikitext.py --steps 3 --eval-chars 2000 --out runs/xtok_tiny
@@ -88,11 +89,11 @@ def bits_per_byte(model_dir: str, test_text: str, heldout_text: str) -> dict:
     return {**{k: test[k] for k in keys}, "heldout_bits_per_byte": heldout["bits_per_byte"]}
 
 
-def read_texts(heldout_path: str, chars: int) -> tuple[str, str]:
+def read_texts(heldout_path: str, chars: int, heldout_chars: int) -> tuple[str, str]:
     with open(TEST_TEXT, encoding="utf-8") as fh:
         test = fh.read()[:chars]
     with open(heldout_path, encoding="utf-8") as fh:
-        heldout = "".join(json.loads(line)["text"] for line in fh)[:chars]
+        heldout = "".join(json.loads(line)["text"] for line in fh)[:heldout_chars]
     return test, heldout
 
 
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--chunk-chars", type=int, default=500)
     parser.add_argument("--heldout-share", type=float, default=0.05)
     parser.add_argument("--eval-chars", type=int, default=66356)
+    parser.add_argument("--heldout-chars", type=int, default=20000, help="characters of the held-out split scored")
     parser.add_argument("--kd-weight", type=float, default=0.5)
     parser.add_argument("--gold", action="store_true", help="add TRL's GOLD trainer (ULD) as a side-by-side arm")
     ns = parser.parse_args()
@@ -168,14 +170,14 @@ def main() -> None:
             }
         )
 
-    test_text, heldout_text = read_texts(heldout_path, ns.eval_chars)
+    test_text, heldout_text = read_texts(heldout_path, ns.eval_chars, ns.heldout_chars)
     for row in table:
         row.update(bits_per_byte(row["dir"], test_text, heldout_text))
     ce_only = next(r for r in table if r["dir"].endswith("/ce_only"))["bits_per_byte"]
     for row in table:
         row["vs_ce_only_pct"] = 100.0 * (row["bits_per_byte"] / ce_only - 1)
     settings = {k: getattr(ns, k) for k in ("steps", "batch_size", "max_length", "chunk_chars", "heldout_share",
-                                            "eval_chars", "kd_weight")}  # fmt: skip
+                                            "eval_chars", "heldout_chars", "kd_weight")}  # fmt: skip
     with open(os.path.join(start, "transplant.json")) as fh:
         settings["transplant"] = json.load(fh)
     result_path = "benchmarks/results/quality_cross_tokenizer_wikitext.json" if ns.out == DEFAULT_OUT else (
