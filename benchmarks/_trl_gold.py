@@ -33,6 +33,8 @@ import argparse
 import json
 import os
 
+from _runs import train_seconds
+
 SEPARATOR = "<|endoftext|>"
 
 
@@ -69,7 +71,7 @@ def run_gold(*, teacher_dir: str, student_dir: str, train_jsonl: str, out: str, 
                lr_scheduler_type, warmup_steps, logging_steps, settings)  # fmt: skip
     with open(state_path) as fh:
         history = json.load(fh)["log_history"]
-    seconds = sum(e.get("train_runtime", 0.0) for e in history)
+    seconds = train_seconds([out])
     return {"train_seconds": seconds, "steps": steps, "log_history": history, "settings": settings}
 
 

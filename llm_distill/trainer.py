@@ -104,6 +104,7 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
         self.task = args.task if args.task != "auto" else infer_task(model)
         # A teacher with another tokenizer (cross_tokenizer_loss): the exact map between the two vocabularies.
         self.vocab_map = self._cross_tokenizer_map(args, processing_class, teacher_processing_class)
+        self._teacher_ids_of: torch.Tensor | None = None  # the map as a lookup table, built at the first step
         self.teacher = build_teacher_source(
             teacher_model,
             args,
@@ -385,10 +386,10 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
         logits = student_out["logits"]
         if self.vocab_map.student_ids.device != logits.device:
             self.vocab_map = self.vocab_map.to(logits.device)
-        # The teacher id of each student id (-1: unmatched), for the agreement of the two top-1 tokens.
-        table = torch.full((logits.shape[-1],), -1, dtype=torch.long, device=logits.device)
-        keep = self.vocab_map.student_ids < logits.shape[-1]
-        table[self.vocab_map.student_ids[keep]] = self.vocab_map.teacher_ids[keep]
+            self._teacher_ids_of = None
+        if self._teacher_ids_of is None:
+            # Built once per device: the teacher id of each student id, for the agreement of the two top-1 tokens.
+            self._teacher_ids_of = self.vocab_map.teacher_id_table(logits.shape[-1])
         kd_sum, agree = cross_vocab_terms(
             gather_positions(logits, inputs["align_student"]),
             teacher_out.logits,
@@ -396,7 +397,7 @@ class DistillationTrainer(StudentSaving, NonFiniteGuards, Trainer):
             loss=args.cross_tokenizer_loss,
             student_ids=self.vocab_map.student_ids,
             teacher_ids=self.vocab_map.teacher_ids,
-            student_to_teacher=table,
+            student_to_teacher=self._teacher_ids_of,
             kd=common["kd"],
             exact_weight=args.cross_tokenizer_exact_weight,
             uld_weight=args.cross_tokenizer_uld_weight,

@@ -51,6 +51,7 @@ def cross_tokenizer_agreement(
     t_device = next(teacher.parameters()).device
     pieces = text_pieces(text, chunk_chars or 2 * max_length)
     agree = pairs = predicted = 0
+    table = None
     mapped_mass = 0.0
     for start in tqdm(range(0, len(pieces), batch_size), desc="cross-tokenizer agreement", unit="batch"):
         rows = [text_example(p) for p in pieces[start : start + batch_size]]
@@ -61,9 +62,8 @@ def cross_tokenizer_agreement(
         mask = batch.pair_mask
         s_top = gather_positions(s_logits, batch.student_positions).argmax(-1).cpu()
         t_at = gather_positions(t_logits, batch.teacher_positions).float()
-        table = torch.full((s_logits.shape[-1],), -1, dtype=torch.long)
-        keep = vocab_map.student_ids < s_logits.shape[-1]
-        table[vocab_map.student_ids[keep]] = vocab_map.teacher_ids[keep]
+        if table is None:
+            table = vocab_map.teacher_id_table(s_logits.shape[-1])
         agree += int(((table[s_top] == t_at.argmax(-1).cpu()) & mask).sum())
         probs = t_at.softmax(-1)[..., : len(teacher_tokenizer)].cpu()
         mapped_mass += float(probs.index_select(-1, vocab_map.teacher_ids).sum(-1)[mask].sum())

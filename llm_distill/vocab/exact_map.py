@@ -180,6 +180,14 @@ class VocabMap:
     def student_to_teacher(self) -> dict[int, int]:
         return dict(zip(self.student_ids.tolist(), self.teacher_ids.tolist()))
 
+    def teacher_id_table(self, width: int) -> torch.Tensor:
+        """``(width,)`` int64 on the map's device: the teacher id of each student id, -1 where unmatched (``width``:
+        the student's logit columns, which may exceed its tokenizer)."""
+        table = torch.full((width,), -1, dtype=torch.long, device=self.student_ids.device)
+        keep = self.student_ids < width
+        table[self.student_ids[keep]] = self.teacher_ids[keep]
+        return table
+
     def student_coverage(self) -> float:
         """Share of the student's vocabulary that has a teacher counterpart."""
         return len(self) / max(self.student_size, 1)
