@@ -16,8 +16,10 @@ questions, each once) and is then evaluated with ``llm-distill eval onpolicy`` o
     python benchmarks/onpolicy_gsm8k.py            # the README table (run it under flock /work/bench.lock)
     python benchmarks/onpolicy_gsm8k.py --tiny     # end to end in minutes: 2 layers, 2 steps, 4 eval prompts
 
-Finished arms and evaluations are reused (an interrupted run picks up where it stopped). Prints a Markdown table and
-writes benchmarks/results/onpolicy_gsm8k.json (tiny runs: onpolicy_gsm8k_tiny.json).
+Arm d and TRL are then trained again under each of --repeat-seeds (the training seed only), so that their
+difference can be read against the spread between seeds. Finished arms and evaluations are reused (an interrupted
+run picks up where it stopped). Prints Markdown tables and writes benchmarks/results/onpolicy_gsm8k.json (tiny runs:
+onpolicy_gsm8k_tiny.json).
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ def main() -> None:
     parser.add_argument("--eval-prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-trl", action="store_true", help="leave out the TRL arm")
+    parser.add_argument(
+        "--repeat-seeds", type=int, nargs="*", default=[43, 44],
+        help="more training seeds for arm d and TRL alone (their spread is the noise of the comparison)",
+    )  # fmt: skip
     parser.add_argument("--tiny", action="store_true", help="2 layers, 2 steps of 2, 4 new tokens, 4 eval prompts")
     ns = parser.parse_args()
     if ns.tiny:
@@ -117,12 +123,12 @@ def main() -> None:
         "--per_device_train_batch_size", str(ns.batch_size),
         "--max_new_tokens", str(ns.max_new_tokens),
         "--learning_rate", str(ns.learning_rate),
-        "--seed", str(ns.seed),
         "--save_strategy", "no",
         "--logging_steps", "1",
     ]  # fmt: skip
+    seeded = [*common, "--seed", str(ns.seed)]
     completions_dir = f"{ns.out}/teacher-completions"
-    generate = [*common, "--generate.output_dir", completions_dir, "--generate.batch_size", "16"]
+    generate = [*seeded, "--generate.output_dir", completions_dir, "--generate.batch_size", "16"]
     gen_s, gen_cmd = run_timed("generate", RECIPE, generate, completions_dir)
     data = {"dataset": [], "teacher": ["--dataset.path", f"{completions_dir}/completions.jsonl"]}
 
@@ -134,7 +140,7 @@ def main() -> None:
     for arm, (name, verb, source, extra) in ARMS.items():
         run_dir = f"{ns.out}/{arm}"
         seconds, command = run_training(
-            verb, RECIPE, [*common, *data[source], *extra, "--output_dir", run_dir], [run_dir]
+            verb, RECIPE, [*seeded, *data[source], *extra, "--output_dir", run_dir], [run_dir]
         )
         if source == "teacher":
             command = f"{gen_cmd} && {command}"
@@ -146,19 +152,8 @@ def main() -> None:
             "command": command, "eval": result, "eval_command": eval_cmd,
         })  # fmt: skip
     if not ns.skip_trl:
-        with open(TRAIN) as fh:
-            questions = [json.loads(line)["question"] for _, line in zip(range(rows), fh)]
-        trl_dir = f"{ns.out}/trl"
-        trl = run_trl(teacher_dir=teacher, out=trl_dir, questions=questions, layers=ns.layers, steps=ns.steps,
-                      batch_size=ns.batch_size, max_new_tokens=ns.max_new_tokens,
-                      learning_rate=ns.learning_rate, seed=ns.seed)  # fmt: skip
-        result, eval_cmd = evaluate(teacher, trl_dir, ns)
-        table.append({
-            "arm": "trl", "name": "TRL DistillationTrainer (on-policy, beta 1)", "dir": trl_dir,
-            "train_seconds": trl["train_seconds"], "seconds_per_step": trl["train_seconds"] / ns.steps,
-            "command": "python benchmarks/onpolicy_gsm8k.py (benchmarks/_trl_onpolicy.py)",
-            "eval": result, "eval_command": eval_cmd,
-        })  # fmt: skip
+        table.append(trl_row(teacher, f"{ns.out}/trl", ns, ns.seed))
+    repeats = [] if ns.skip_trl else repeat_seeds(teacher, common, ns)
 
     by_arm = {r["arm"]: r for r in table}
     rkl = {arm: r["eval"]["sample_reverse_kl"] for arm, r in by_arm.items()}
@@ -169,13 +164,60 @@ def main() -> None:
     if "trl" in by_arm:
         summary["trl_seconds_per_step_over_ours"] = by_arm["trl"]["seconds_per_step"] / by_arm["d"]["seconds_per_step"]
         summary["trl_reverse_kl_over_ours"] = rkl["trl"] / rkl["d"]
+        summary.update(seed_summary([(by_arm["d"], by_arm["trl"]), *repeats]))
     settings = {k: getattr(ns, k) for k in ("layers", "steps", "batch_size", "max_new_tokens", "learning_rate",
                                              "eval_prompts", "seed")}  # fmt: skip
     os.makedirs("benchmarks/results", exist_ok=True)
     name = "onpolicy_gsm8k_tiny.json" if ns.tiny else "onpolicy_gsm8k.json"
     with open(f"benchmarks/results/{name}", "w") as fh:
-        json.dump({"settings": settings, "summary": summary, "rows": table}, fh, indent=2)
+        json.dump({"settings": settings, "summary": summary, "rows": table, "repeats": repeats}, fh, indent=2)
     print_table(table, summary, ns)
+    print_repeats([(by_arm["d"], by_arm.get("trl")), *repeats], ns)
+
+
+def trl_row(teacher: str, trl_dir: str, ns, seed: int) -> dict:
+    """The on-policy arm trained by TRL's DistillationTrainer, evaluated like ours."""
+    with open(TRAIN) as fh:
+        questions = [json.loads(line)["question"] for _, line in zip(range(ns.steps * ns.batch_size), fh)]
+    trl = run_trl(teacher_dir=teacher, out=trl_dir, questions=questions, layers=ns.layers, steps=ns.steps,
+                  batch_size=ns.batch_size, max_new_tokens=ns.max_new_tokens, learning_rate=ns.learning_rate,
+                  seed=seed)  # fmt: skip
+    result, eval_cmd = evaluate(teacher, trl_dir, ns)
+    return {
+        "arm": "trl", "name": "TRL DistillationTrainer (on-policy, beta 1)", "dir": trl_dir, "seed": seed,
+        "train_seconds": trl["train_seconds"], "seconds_per_step": trl["train_seconds"] / ns.steps,
+        "command": "python benchmarks/onpolicy_gsm8k.py (benchmarks/_trl_onpolicy.py)",
+        "eval": result, "eval_command": eval_cmd,
+    }  # fmt: skip
+
+
+def repeat_seeds(teacher: str, common: list[str], ns) -> list[tuple[dict, dict]]:
+    """Arm d and TRL again under each of --repeat-seeds (training seed only; the evaluation is unchanged)."""
+    pairs = []
+    for seed in ns.repeat_seeds:
+        run_dir = f"{ns.out}/seed{seed}/d"
+        overrides = [*common, "--seed", str(seed), *ARMS["d"][3], "--output_dir", run_dir]
+        run_training("train", RECIPE, overrides, [run_dir])
+        ours = {"arm": "d", "seed": seed, "seconds_per_step": train_seconds([run_dir]) / ns.steps,
+                "eval": evaluate(teacher, run_dir, ns)[0]}  # fmt: skip
+        pairs.append((ours, trl_row(teacher, f"{ns.out}/seed{seed}/trl", ns, seed)))
+    return pairs
+
+
+def seed_summary(pairs: list[tuple[dict, dict]]) -> dict:
+    """Means over training seeds of ours (arm d) and TRL, and the per-seed spread of the reverse KL."""
+    ours = [p[0]["eval"]["sample_reverse_kl"] for p in pairs]
+    theirs = [p[1]["eval"]["sample_reverse_kl"] for p in pairs]
+    step_ratio = [p[1]["seconds_per_step"] / p[0]["seconds_per_step"] for p in pairs]
+    return {
+        "seeds": len(pairs),
+        "ours_reverse_kl_mean": statistics.mean(ours),
+        "trl_reverse_kl_mean": statistics.mean(theirs),
+        "ours_reverse_kl_range": [min(ours), max(ours)],
+        "trl_reverse_kl_range": [min(theirs), max(theirs)],
+        "trl_reverse_kl_over_ours_mean": statistics.mean(theirs) / statistics.mean(ours),
+        "trl_seconds_per_step_over_ours_mean": statistics.mean(step_ratio),
+    }
 
 
 def print_table(table: list[dict], summary: dict, ns) -> None:
@@ -197,6 +239,22 @@ def print_table(table: list[dict], summary: dict, ns) -> None:
             f"| {match} |"
         )
     print(f"\n{json.dumps(summary)}")
+
+
+def print_repeats(pairs: list[tuple[dict, dict | None]], ns) -> None:
+    if len(pairs) < 2 or pairs[0][1] is None:
+        return
+    print("\nOn-policy, ours (arm d) vs TRL, by training seed (the same evaluation):\n")
+    print("| seed | ours s/step | TRL s/step | TRL / ours | ours reverse KL | TRL reverse KL | TRL / ours "
+          "| ours greedy NLL | TRL greedy NLL |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for ours, trl in pairs:
+        a, b = ours["eval"]["sample_reverse_kl"], trl["eval"]["sample_reverse_kl"]
+        ours_s, trl_s = ours["seconds_per_step"], trl["seconds_per_step"]
+        print(
+            f"| {ours.get('seed', ns.seed)} | {ours_s:.2f} | {trl_s:.2f} | {trl_s / ours_s:.2f} | {a:.4f} | {b:.4f} "
+            f"| {b / a:.3f} | {ours['eval']['greedy_teacher_nll']:.4f} | {trl['eval']['greedy_teacher_nll']:.4f} |"
+        )
 
 
 if __name__ == "__main__":
