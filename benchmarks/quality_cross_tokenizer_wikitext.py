@@ -89,6 +89,24 @@ def bits_per_byte(model_dir: str, test_text: str, heldout_text: str) -> dict:
     return {**{k: test[k] for k in keys}, "heldout_bits_per_byte": heldout["bits_per_byte"]}
 
 
+def earlier_scores(result_path: str, settings: dict) -> dict[str, dict]:
+    """Scores of an earlier run of this script with the same settings, by model folder, for the folders saved before
+    that run wrote them (trained runs are reused, so their scores are too; adding --gold scores only the new arm)."""
+    if not os.path.exists(result_path):
+        return {}
+    with open(result_path) as fh:
+        earlier = json.load(fh)
+    if any(earlier["settings"].get(k) != v for k, v in settings.items()):
+        return {}
+    written = os.path.getmtime(result_path)
+    keys = ("bits_per_byte", "perplexity", "num_tokens", "num_bytes", "intervals", "heldout_bits_per_byte")
+    return {
+        r["dir"]: {k: r[k] for k in keys}
+        for r in earlier["rows"]
+        if "bits_per_byte" in r and os.path.getmtime(os.path.join(r["dir"], "config.json")) < written
+    }
+
+
 def read_texts(heldout_path: str, chars: int, heldout_chars: int) -> tuple[str, str]:
     with open(TEST_TEXT, encoding="utf-8") as fh:
         test = fh.read()[:chars]
@@ -170,18 +188,19 @@ def main() -> None:
             }
         )
 
+    settings = {k: getattr(ns, k) for k in ("steps", "batch_size", "max_length", "chunk_chars", "heldout_share",
+                                            "eval_chars", "heldout_chars", "kd_weight")}  # fmt: skip
+    result_path = "benchmarks/results/quality_cross_tokenizer_wikitext.json" if ns.out == DEFAULT_OUT else (
+        f"{ns.out}/result.json")  # fmt: skip
+    scored = earlier_scores(result_path, settings)
     test_text, heldout_text = read_texts(heldout_path, ns.eval_chars, ns.heldout_chars)
     for row in table:
-        row.update(bits_per_byte(row["dir"], test_text, heldout_text))
+        row.update(scored.get(row["dir"]) or bits_per_byte(row["dir"], test_text, heldout_text))
     ce_only = next(r for r in table if r["dir"].endswith("/ce_only"))["bits_per_byte"]
     for row in table:
         row["vs_ce_only_pct"] = 100.0 * (row["bits_per_byte"] / ce_only - 1)
-    settings = {k: getattr(ns, k) for k in ("steps", "batch_size", "max_length", "chunk_chars", "heldout_share",
-                                            "eval_chars", "heldout_chars", "kd_weight")}  # fmt: skip
     with open(os.path.join(start, "transplant.json")) as fh:
         settings["transplant"] = json.load(fh)
-    result_path = "benchmarks/results/quality_cross_tokenizer_wikitext.json" if ns.out == DEFAULT_OUT else (
-        f"{ns.out}/result.json")  # fmt: skip
     os.makedirs(os.path.dirname(result_path), exist_ok=True)
     with open(result_path, "w") as fh:
         json.dump({"settings": settings, "rows": table}, fh, indent=2)
