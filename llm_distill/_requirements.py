@@ -1,5 +1,5 @@
-"""The lowest versions the package works with, checked when it is imported: below them it refuses to load rather
-than train wrongly.
+"""The lowest versions the package works with, checked when it is imported (the Trainer's attribute when the trainer
+module is): below them it refuses to load rather than train wrongly.
 
 transformers >= 5.19: the trainer divides each loss term by the window's token count itself and tells the Trainer so
 through ``loss_is_scaled_for_ga``; an older Trainer ignores that attribute and would divide by the accumulation steps
@@ -47,9 +47,12 @@ def check_versions() -> None:
             + "; upgrade with pip install -U "
             + " ".join(f"'{n}>={MINIMUM[n]}'" for n in MINIMUM if any(o.startswith(n + " ") for o in old))
         )
-    from transformers import Trainer
 
-    if not hasattr(Trainer, "loss_is_scaled_for_ga"):
+
+def check_trainer(trainer_class: type) -> None:
+    """Run where the Trainer is imported anyway (importing it costs seconds, which ``llm-distill --help`` and
+    ``import llm_distill`` should not pay): a release can be >= the floor and still lack the attribute (a fork)."""
+    if not hasattr(trainer_class, "loss_is_scaled_for_ga"):
         raise ImportError(
             "this transformers' Trainer has no loss_is_scaled_for_ga, so gradient accumulation would scale "
             "distillation losses twice; pip install -U 'transformers>=5.19'"

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import find_labels
 
+from ._requirements import check_trainer
 from ._version import __version__
 from .config import DistillationConfig
 from .data import DistillationCollator
@@ -43,6 +44,7 @@ from .teacher import (
 from .vocab import VocabMap, build_exact_map, check_tokenizers, gather_positions, same_vocabulary, shared_vocab_size
 
 logger = logging.getLogger(__name__)
+check_trainer(Trainer)
 
 # Per-batch sums, reduced and divided in log(): exact token-weighted averages, across processes too.
 SUM_KEYS = (

@@ -99,3 +99,25 @@ def test_version_floors_match_pyproject_and_are_enforced(monkeypatch):
         assert "transformers>=5.19" in str(err)
     else:
         raise AssertionError("an old transformers must be refused at import")
+
+    class TrainerWithoutTheAttribute:
+        pass
+
+    try:
+        _requirements.check_trainer(TrainerWithoutTheAttribute)
+    except ImportError as err:
+        assert "loss_is_scaled_for_ga" in str(err)
+    else:
+        raise AssertionError("a Trainer that would scale losses twice must be refused")
+
+
+def test_importing_the_package_loads_neither_torch_nor_transformers_until_a_public_name_is_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llm_distill; heavy = {'torch', 'transformers'} & set(sys.modules); assert not heavy, heavy; "
+        "from llm_distill import DistillationTrainer; assert 'transformers' in sys.modules; "
+        "assert llm_distill.DistillationTrainer is DistillationTrainer"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)
