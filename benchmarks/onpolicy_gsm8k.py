@@ -31,7 +31,7 @@ import shlex
 import statistics
 import time
 
-from _runs import _main, run_timed, run_training, train_seconds
+from _runs import _main, run_timed, run_training
 from _trl_onpolicy import run_trl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,20 +137,11 @@ def main() -> None:
     result, eval_cmd = evaluate(teacher, start_dir, ns)
     table.append({"arm": "start", "name": "student before training", "dir": start_dir, "eval": result,
                   "eval_command": eval_cmd})  # fmt: skip
-    for arm, (name, verb, source, extra) in ARMS.items():
-        run_dir = f"{ns.out}/{arm}"
-        seconds, command = run_training(
-            verb, RECIPE, [*seeded, *data[source], *extra, "--output_dir", run_dir], [run_dir]
-        )
+    for arm, (_, _, source, _) in ARMS.items():
+        row = ours_row(teacher, arm, f"{ns.out}/{arm}", [*seeded, *data[source]], ns, ns.seed)
         if source == "teacher":
-            command = f"{gen_cmd} && {command}"
-        result, eval_cmd = evaluate(teacher, run_dir, ns)
-        table.append({
-            "arm": arm, "name": name, "dir": run_dir, "train_seconds": seconds,
-            "seconds_per_step": train_seconds([run_dir]) / ns.steps,
-            "generation_time_share": mean_log(run_dir, "generation_time_share"),
-            "command": command, "eval": result, "eval_command": eval_cmd,
-        })  # fmt: skip
+            row["command"] = f"{gen_cmd} && {row['command']}"
+        table.append(row)
     if not ns.skip_trl:
         table.append(trl_row(teacher, f"{ns.out}/trl", ns, ns.seed))
     repeats = [] if ns.skip_trl else repeat_seeds(teacher, common, ns)
@@ -191,17 +182,28 @@ def trl_row(teacher: str, trl_dir: str, ns, seed: int) -> dict:
     }  # fmt: skip
 
 
+def ours_row(teacher: str, arm: str, run_dir: str, overrides: list[str], ns, seed: int) -> dict:
+    """One of our arms trained (``overrides``: the shared flags, the seed and the arm's data) and evaluated."""
+    name, verb, _, extra = ARMS[arm]
+    seconds, command = run_training(verb, RECIPE, [*overrides, *extra, "--output_dir", run_dir], [run_dir])
+    result, eval_cmd = evaluate(teacher, run_dir, ns)
+    return {
+        "arm": arm, "name": name, "dir": run_dir, "seed": seed, "train_seconds": seconds,
+        "seconds_per_step": seconds / ns.steps,
+        "generation_time_share": mean_log(run_dir, "generation_time_share"),
+        "command": command, "eval": result, "eval_command": eval_cmd,
+    }  # fmt: skip
+
+
 def repeat_seeds(teacher: str, common: list[str], ns) -> list[tuple[dict, dict]]:
     """Arm d and TRL again under each of --repeat-seeds (training seed only; the evaluation is unchanged)."""
-    pairs = []
-    for seed in ns.repeat_seeds:
-        run_dir = f"{ns.out}/seed{seed}/d"
-        overrides = [*common, "--seed", str(seed), *ARMS["d"][3], "--output_dir", run_dir]
-        run_training("train", RECIPE, overrides, [run_dir])
-        ours = {"arm": "d", "seed": seed, "seconds_per_step": train_seconds([run_dir]) / ns.steps,
-                "eval": evaluate(teacher, run_dir, ns)[0]}  # fmt: skip
-        pairs.append((ours, trl_row(teacher, f"{ns.out}/seed{seed}/trl", ns, seed)))
-    return pairs
+    return [
+        (
+            ours_row(teacher, "d", f"{ns.out}/seed{seed}/d", [*common, "--seed", str(seed)], ns, seed),
+            trl_row(teacher, f"{ns.out}/seed{seed}/trl", ns, seed),
+        )
+        for seed in ns.repeat_seeds
+    ]
 
 
 def seed_summary(pairs: list[tuple[dict, dict]]) -> dict:
@@ -252,7 +254,7 @@ def print_repeats(pairs: list[tuple[dict, dict | None]], ns) -> None:
         a, b = ours["eval"]["sample_reverse_kl"], trl["eval"]["sample_reverse_kl"]
         ours_s, trl_s = ours["seconds_per_step"], trl["seconds_per_step"]
         print(
-            f"| {ours.get('seed', ns.seed)} | {ours_s:.2f} | {trl_s:.2f} | {trl_s / ours_s:.2f} | {a:.4f} | {b:.4f} "
+            f"| {ours['seed']} | {ours_s:.2f} | {trl_s:.2f} | {trl_s / ours_s:.2f} | {a:.4f} | {b:.4f} "
             f"| {b / a:.3f} | {ours['eval']['greedy_teacher_nll']:.4f} | {trl['eval']['greedy_teacher_nll']:.4f} |"
         )
 

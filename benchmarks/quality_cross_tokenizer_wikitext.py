@@ -32,6 +32,7 @@ TEST_TEXT = "../shared/data/wikitext-2/test.txt"
 GPT2 = "../shared/data/tokenizers/gpt2"
 RECIPE = "configs/cross_tokenizer_wikitext.yaml"
 DEFAULT_OUT = "runs/quality_cross_tokenizer_wikitext"
+TEST_SCORES = ("bits_per_byte", "perplexity", "num_tokens", "num_bytes", "intervals")  # kept of each test-text score
 
 
 def write_chunks(out: str, chunk_chars: int, heldout_share: float) -> tuple[str, str]:
@@ -85,8 +86,7 @@ def bits_per_byte(model_dir: str, test_text: str, heldout_text: str) -> dict:
     model, tokenizer = load_causal_lm(model_dir, device="cpu")
     test = perplexity_of(model, tokenizer, test_text, max_length=256, stride=128, desc=model_dir)
     heldout = perplexity_of(model, tokenizer, heldout_text, max_length=256, stride=128, desc=f"{model_dir} held-out")
-    keys = ("bits_per_byte", "perplexity", "num_tokens", "num_bytes", "intervals")
-    return {**{k: test[k] for k in keys}, "heldout_bits_per_byte": heldout["bits_per_byte"]}
+    return {**{k: test[k] for k in TEST_SCORES}, "heldout_bits_per_byte": heldout["bits_per_byte"]}
 
 
 def earlier_scores(result_path: str, settings: dict) -> dict[str, dict]:
@@ -99,9 +99,8 @@ def earlier_scores(result_path: str, settings: dict) -> dict[str, dict]:
     if any(earlier["settings"].get(k) != v for k, v in settings.items()):
         return {}
     written = os.path.getmtime(result_path)
-    keys = ("bits_per_byte", "perplexity", "num_tokens", "num_bytes", "intervals", "heldout_bits_per_byte")
     return {
-        r["dir"]: {k: r[k] for k in keys}
+        r["dir"]: {k: r[k] for k in (*TEST_SCORES, "heldout_bits_per_byte")}
         for r in earlier["rows"]
         if "bits_per_byte" in r and os.path.getmtime(os.path.join(r["dir"], "config.json")) < written
     }
